@@ -1,0 +1,143 @@
+"""Multi-head self-attention with a fused QKV projection, DINOv3's masked K bias, optional QK norm and RoPE.
+
+One attention class serves the DINOv3 ViT and the VGGT Aggregator (``vggt_compat`` wraps it with VGGT's
+signature). Positional rotation is passed per call:
+
+- a ``(sin, cos)`` pair of ``[N_patch, head_dim]`` tables (DINOv3): applied in the tables' dtype (float32) to the
+  last ``N_patch`` tokens only, leaving the prefix (CLS + storage tokens) untouched;
+- a callable ``rope(q, k) -> (q, k)`` (VGGT's 2D RoPE with explicit positions).
+"""
+
+from __future__ import annotations
+
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .rope import rope_apply
+
+RopeArg = tuple[Tensor, Tensor] | Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None
+
+
+class LinearKMaskedBias(nn.Linear):
+    """A ``Linear(D, 3D)`` whose bias is multiplied by the persistent buffer ``bias_mask`` on every call.
+
+    The intended mask is 1 for the q and v thirds and 0 for the k third (the key bias is redundant under
+    softmax). The released checkpoints store the mask (all zeros), so it is loaded, never assumed.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if out_features % 3 != 0:
+            raise ValueError(f"LinearKMaskedBias needs out_features divisible by 3, got {out_features}")
+        if self.bias is not None:
+            self.register_buffer("bias_mask", torch.ones_like(self.bias))
+            self.reset_bias_mask()
+        else:
+            self.bias_mask = None
+
+    def reset_bias_mask(self) -> None:
+        """Set the mask to ``[1 (q), 0 (k), 1 (v)]``."""
+        if self.bias_mask is None or self.bias_mask.device.type == "meta":
+            return
+        o = self.out_features
+        with torch.no_grad():
+            self.bias_mask.fill_(1)
+            self.bias_mask[o // 3 : 2 * o // 3].fill_(0)
+
+    def forward(self, input: Tensor) -> Tensor:
+        masked_bias = self.bias * self.bias_mask.to(self.bias.dtype) if self.bias is not None else None
+        return F.linear(input, self.weight, masked_bias)
+
+
+class SelfAttention(nn.Module):
+    """Self-attention on ``[B, N, D] -> [B, N, D]`` with ``F.scaled_dot_product_attention`` (default scale).
+
+    Keys: ``qkv`` (``Linear(D, 3D)``; rows are ``[q | k | v]``, head-major inside each third), ``q_norm`` /
+    ``k_norm`` (per-head norms when ``qk_norm``), ``proj``.
+
+    Args:
+        dim: model width ``D``.
+        num_heads: heads ``h``; ``head_dim = D // h``.
+        qkv_bias, proj_bias: biases of the projections.
+        attn_drop, proj_drop: dropout rates (attention dropout only in training).
+        mask_k_bias: use :class:`LinearKMaskedBias` for ``qkv`` (DINOv3).
+        qk_norm: per-head LayerNorm on q and k before RoPE (VGGT's aggregator blocks).
+        norm_layer: the norm class for ``qk_norm``.
+        fused_attn: use SDPA (True) or the explicit softmax formula (False, for debugging).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        proj_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        mask_k_bias: bool = False,
+        qk_norm: bool = False,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        fused_attn: bool = True,
+        device=None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.fused_attn = fused_attn
+        linear_class = LinearKMaskedBias if mask_k_bias else nn.Linear
+        self.qkv = linear_class(dim, dim * 3, bias=qkv_bias, device=device)
+        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias, device=device)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    @staticmethod
+    def apply_rope(q: Tensor, k: Tensor, rope: RopeArg) -> tuple[Tensor, Tensor]:
+        """Rotate ``q`` and ``k`` (``[B, h, N, d]``) by ``rope`` (see the module docstring)."""
+        if rope is None:
+            return q, k
+        if callable(rope):
+            return rope(q, k)
+        sin, cos = rope
+        q_dtype, k_dtype = q.dtype, k.dtype
+        q = q.to(dtype=sin.dtype)
+        k = k.to(dtype=sin.dtype)
+        N = q.shape[-2]
+        prefix = N - sin.shape[-2]
+        if prefix < 0:
+            raise ValueError(f"RoPE tables cover {sin.shape[-2]} tokens but the sequence has only {N}")
+        q = torch.cat((q[:, :, :prefix, :], rope_apply(q[:, :, prefix:, :], sin, cos)), dim=-2)
+        k = torch.cat((k[:, :, :prefix, :], rope_apply(k[:, :, prefix:, :], sin, cos)), dim=-2)
+        return q.to(dtype=q_dtype), k.to(dtype=k_dtype)
+
+    def compute_attention(self, x: Tensor, rope: RopeArg = None) -> Tensor:
+        """Attention without the output projection: ``[B, N, D] -> [B, N, D]``."""
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # [B, N, 3, h, d]
+        q, k, v = (t.transpose(1, 2) for t in torch.unbind(qkv, 2))  # each [B, h, N, d]
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.apply_rope(q, k, rope)
+        dropout_p = self.attn_drop.p if self.training else 0.0
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x = attn @ v
+        return x.transpose(1, 2).reshape(B, N, C)
+
+    def forward(self, x: Tensor, attn_bias: None = None, rope: RopeArg = None) -> Tensor:
+        """``[B, N, D] -> [B, N, D]``. ``attn_bias`` exists for reference-signature compatibility and must be None."""
+        if attn_bias is not None:
+            raise NotImplementedError("attention biases/masks are not supported; pass attn_bias=None")
+        x = self.compute_attention(x, rope=rope)
+        x = self.proj(x)
+        return self.proj_drop(x)

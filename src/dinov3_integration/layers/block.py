@@ -1,0 +1,107 @@
+"""Pre-norm transformer block: ``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .attention import RopeArg, SelfAttention
+from .drop_path import DropPath
+from .ffn import Mlp
+from .layer_scale import LayerScale
+
+
+class SelfAttentionBlock(nn.Module):
+    """DINOv3's transformer block on ``[B, N, D] -> [B, N, D]``.
+
+    Keys: ``norm1``, ``attn.*``, ``ls1.gamma``, ``norm2``, ``mlp.*``, ``ls2.gamma`` (LayerScale keys exist only
+    when ``init_values`` is truthy). In training with ``drop_path > 0.1`` whole samples skip a residual branch
+    by batch subsetting (as the reference); for smaller rates per-sample :class:`DropPath` is used.
+
+    Args:
+        dim, num_heads: width and heads.
+        ffn_ratio: FFN hidden width is ``int(dim * ffn_ratio)`` (before SwiGLU's own rounding).
+        qkv_bias, proj_bias, ffn_bias: biases.
+        drop, attn_drop: dropout rates.
+        init_values: LayerScale init (None or 0: no LayerScale).
+        drop_path: stochastic depth rate.
+        act_layer, norm_layer: activation and norm classes.
+        attn_class, ffn_layer: classes of the attention and FFN modules.
+        mask_k_bias, qk_norm: forwarded to the attention.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        proj_bias: bool = True,
+        ffn_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        init_values: float | None = None,
+        drop_path: float = 0.0,
+        act_layer: Callable[..., nn.Module] = nn.GELU,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        attn_class: Callable[..., nn.Module] = SelfAttention,
+        ffn_layer: Callable[..., nn.Module] = Mlp,
+        mask_k_bias: bool = False,
+        qk_norm: bool = False,
+        device=None,
+    ) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = attn_class(
+            dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            proj_bias=proj_bias,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+            mask_k_bias=mask_k_bias,
+            qk_norm=qk_norm,
+            device=device,
+        )
+        self.ls1 = LayerScale(dim, init_values=init_values, device=device) if init_values else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = ffn_layer(
+            in_features=dim,
+            hidden_features=int(dim * ffn_ratio),
+            act_layer=act_layer,
+            drop=drop,
+            bias=ffn_bias,
+            device=device,
+        )
+        self.ls2 = LayerScale(dim, init_values=init_values, device=device) if init_values else nn.Identity()
+        self.sample_drop_ratio = drop_path
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def _attn_residual(self, x: Tensor, rope: RopeArg) -> Tensor:
+        return self.ls1(self.attn(self.norm1(x), rope=rope))
+
+    def _ffn_residual(self, x: Tensor) -> Tensor:
+        return self.ls2(self.mlp(self.norm2(x)))
+
+    def forward(self, x: Tensor | list[Tensor], rope: RopeArg | list[RopeArg] = None) -> Tensor | list[Tensor]:
+        """``[B, N, D] -> [B, N, D]``; a list of tensors (with a list of ropes) is processed item by item."""
+        if isinstance(x, list):
+            ropes = rope if isinstance(rope, list) else [rope] * len(x)
+            return [self.forward(t, r) for t, r in zip(x, ropes)]
+        if self.training and self.sample_drop_ratio > 0.1:
+            x = _drop_add_residual_subset(x, lambda t: self._attn_residual(t, rope), self.sample_drop_ratio)
+            return _drop_add_residual_subset(x, self._ffn_residual, self.sample_drop_ratio)
+        x = x + self.drop_path(self._attn_residual(x, rope))
+        return x + self.drop_path(self._ffn_residual(x))
+
+
+def _drop_add_residual_subset(x: Tensor, residual_func: Callable[[Tensor], Tensor], ratio: float) -> Tensor:
+    """Compute the residual on a random subset of the batch and add it back scaled by ``B / subset``."""
+    b = x.shape[0]
+    subset = max(int(b * (1 - ratio)), 1)
+    brange = torch.randperm(b, device=x.device)[:subset]
+    residual = residual_func(x[brange])
+    scale = b / subset
+    return torch.index_add(x.flatten(1), 0, brange, residual.to(dtype=x.dtype).flatten(1), alpha=scale).view_as(x)
