@@ -10,7 +10,6 @@ signature). Positional rotation is passed per call:
 
 from __future__ import annotations
 
-
 from collections.abc import Callable
 
 import torch
