@@ -1,0 +1,188 @@
+"""Behaviour of the ViT beyond the fixtures: masks, shapes, input checks, compile, autocast, logging."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+import torch
+
+from conftest import randomize_
+from dinov3_integration.models import create_model
+
+
+@pytest.fixture(scope="module")
+def tiny() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return randomize_(create_model("dinov3_vits16", depth=2, embed_dim=64, num_heads=4), std=0.05).eval()
+
+
+def test_shapes_non_square_and_batches(tiny) -> None:
+    x = torch.randn(3, 3, 48, 80)
+    with torch.no_grad():
+        out = tiny.forward_features(x)
+        single = tiny.forward_features(x[1:2])
+    assert out["x_norm_clstoken"].shape == (3, 64)
+    assert out["x_storage_tokens"].shape == (3, 4, 64)
+    assert out["x_norm_patchtokens"].shape == (3, 15, 64)
+    assert out["x_prenorm"].shape == (3, 20, 64)
+    torch.testing.assert_close(single["x_prenorm"][0], out["x_prenorm"][1], atol=1e-5, rtol=0)
+
+
+def test_masks_replace_patches_with_mask_token(tiny) -> None:
+    x = torch.randn(2, 3, 32, 32)
+    masks = torch.zeros(2, 4, dtype=torch.bool)
+    masks[0, 1] = True
+    with torch.no_grad():
+        tiny.mask_token.normal_()
+        out = tiny.forward_features(x, masks=masks)
+        plain = tiny.forward_features(x)
+        tokens, _ = tiny.prepare_tokens_with_masks(x, masks)
+    assert out["masks"] is masks
+    torch.testing.assert_close(tokens[0, 5 + 1], tiny.mask_token[0])
+    assert not torch.allclose(out["x_prenorm"][0], plain["x_prenorm"][0])
+    torch.testing.assert_close(out["x_prenorm"][1], plain["x_prenorm"][1], atol=1e-6, rtol=0)
+    with torch.no_grad():
+        tiny.mask_token.zero_()
+
+
+def test_list_input(tiny) -> None:
+    a, b = torch.randn(1, 3, 32, 32), torch.randn(2, 3, 48, 32)
+    with torch.no_grad():
+        outs = tiny.forward_features([a, b])
+        heads = tiny([a, b])
+        ref_b = tiny.forward_features(b)
+    assert isinstance(outs, list) and len(outs) == 2
+    torch.testing.assert_close(outs[1]["x_prenorm"], ref_b["x_prenorm"])
+    torch.testing.assert_close(heads[1], ref_b["x_norm_clstoken"])
+
+
+def test_intermediate_layers_int_and_list(tiny) -> None:
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        last = tiny.get_intermediate_layers(x, n=1, return_class_token=True)
+        ff = tiny.forward_features(x)
+        both = tiny.get_intermediate_layers(x, n=[0, -1], norm=False)
+        all2 = tiny.get_intermediate_layers(x, n=2, norm=False)
+        shaped = tiny.get_intermediate_layers(x, n=1, reshape=True, return_extra_tokens=True)
+    torch.testing.assert_close(last[0][0], ff["x_norm_patchtokens"], atol=0, rtol=0)
+    torch.testing.assert_close(last[0][1], ff["x_norm_clstoken"], atol=0, rtol=0)
+    torch.testing.assert_close(both[0], all2[0], atol=0, rtol=0)
+    torch.testing.assert_close(both[1], ff["x_prenorm"][:, 5:], atol=0, rtol=0)
+    assert shaped[0][0].shape == (2, 64, 2, 3) and shaped[0][1].shape == (2, 4, 64)
+    with pytest.raises(ValueError, match="out of range"):
+        tiny.get_intermediate_layers(x, n=[5])
+    with pytest.raises(ValueError, match="last 3 blocks"):
+        tiny.get_intermediate_layers(x, n=3)
+
+
+@pytest.mark.parametrize(
+    ("x", "exc", "pattern"),
+    [
+        (torch.randn(3, 32, 32), ValueError, r"4-D image batch \[B, 3, H, W\], got shape \(3, 32, 32\).*x\[None\]"),
+        (torch.randn(1, 1, 32, 32), ValueError, r"expected 3 channels.*got shape \(1, 1, 32, 32\)"),
+        (torch.randn(1, 32, 32, 3), ValueError, "channels-last"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), TypeError, r"floating-point.*torch.uint8"),
+        (torch.randn(1, 3, 8, 32), ValueError, "smaller than one 16x16 patch"),
+    ],
+)
+def test_bad_input_errors(tiny, x, exc, pattern) -> None:
+    with pytest.raises(exc, match=pattern):
+        tiny(x)
+
+
+def test_non_multiple_sizes_drop_pixels_and_warn_once(tiny) -> None:
+    x = torch.randn(1, 3, 37, 50)
+    with pytest.warns(UserWarning, match=r"37x50 is not a multiple of the patch size 16.*grid 2x3"):
+        out = tiny.forward_features(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = tiny.forward_features(x)  # same size: no second warning
+        cropped = tiny.forward_features(x[:, :, :32, :48].contiguous())
+    assert out["x_norm_patchtokens"].shape == (1, 6, 64)
+    torch.testing.assert_close(again["x_prenorm"], cropped["x_prenorm"], atol=1e-6, rtol=0)
+
+
+def test_torch_compile_matches_eager(tiny) -> None:
+    x = torch.randn(2, 3, 32, 48)
+    compiled = torch.compile(tiny, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), tiny(x), atol=1e-5, rtol=0)
+
+
+def test_autocast_bfloat16_stays_close(tiny) -> None:
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = tiny.forward_features(x)["x_norm_patchtokens"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = tiny.forward_features(x)["x_norm_patchtokens"]
+    assert out.dtype in (torch.float32, torch.bfloat16)
+    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+    assert torch.isfinite(out).all()
+
+
+def test_bfloat16_model_runs(tiny) -> None:
+    model = create_model("dinov3_vits16", depth=1, embed_dim=64, num_heads=4).to(torch.bfloat16)
+    out = model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_rope_cache_reused_and_invalidated(tiny) -> None:
+    rope = tiny.rope_embed
+    first = rope(H=2, W=3)
+    assert rope(H=2, W=3)[0] is first[0]
+    with torch.no_grad():
+        rope.periods.mul_(2.0)
+    changed = rope(H=2, W=3)
+    assert changed[0] is not first[0] and not torch.equal(changed[0], first[0])
+    with torch.no_grad():
+        rope.periods.div_(2.0)
+    rope.train()
+    assert rope(H=2, W=3)[0] is not rope(H=2, W=3)[0]
+    rope.eval()
+
+
+def test_rope_coordinates_and_layout() -> None:
+    """docs/dinov3_spec.md appendix A: for H=2, W=3 rows are [-0.5, 0.5] and columns [-2/3, 0, 2/3]."""
+    model = create_model("dinov3_vits16", depth=1, embed_dim=64, num_heads=4)
+    coords = model.rope_embed._coords(2, 3)
+    torch.testing.assert_close(coords[:, 0], torch.tensor([-0.5, -0.5, -0.5, 0.5, 0.5, 0.5]))
+    torch.testing.assert_close(coords[:, 1], torch.tensor([-2 / 3, 0.0, 2 / 3] * 2))
+    sin, cos = model.rope_embed(H=2, W=3)
+    assert sin.shape == (6, 16)
+    torch.testing.assert_close(sin[:, :8], sin[:, 8:], atol=0, rtol=0)  # tile(2): [y | x | y | x]
+
+
+def test_training_mode_and_gradient_checkpointing() -> None:
+    model = create_model("dinov3_vits16", depth=2, embed_dim=64, num_heads=4, drop_path_rate=0.0)
+    x = torch.randn(2, 3, 32, 32)
+    model.train()
+    model.rope_embed.rescale_coords = None  # deterministic
+    loss = model(x).sum()
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    model.set_gradient_checkpointing(True)
+    model(x).sum().backward()
+    for g, p in zip(grads, [p for p in model.parameters() if p.grad is not None]):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
+
+
+def test_init_weights_reference_rules() -> None:
+    model = create_model("dinov3_vits16", depth=1)
+    mask = model.blocks[0].attn.qkv.bias_mask
+    assert mask[:384].eq(1).all() and mask[384:768].eq(0).all() and mask[768:].eq(1).all()
+    assert model.mask_token.eq(0).all()
+    assert model.blocks[0].ls1.gamma.eq(1e-5).all()
+    assert model.cls_token.std().item() == pytest.approx(0.02, rel=0.3)
+
+
+def test_logging_is_silent_by_default_and_verbose_on_debug(caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="dinov3"):
+        create_model("dinov3_vits16", depth=1)
+    assert not caplog.records
+    with caplog.at_level(logging.DEBUG, logger="dinov3"):
+        create_model("dinov3_vits16", depth=1)
+    assert any("create_model('dinov3_vits16')" in r.getMessage() for r in caplog.records)
+    assert all(r.name.startswith("dinov3") for r in caplog.records)
