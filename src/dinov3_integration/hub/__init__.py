@@ -1,14 +1,62 @@
-"""Weights hub: sources (files, URLs, Hugging Face, timm), formats and the cache."""
+"""Weights hub: sources (files, folders, URLs, Hugging Face, timm names, tags), formats, cache and downloads.
+
+- :func:`resolve_weights` finds weights for a model and reads them; :func:`load_pretrained` converts them to the
+  official layout and loads them strictly (``create_model(name, pretrained=True, weights=...)`` does both).
+- :mod:`.formats` converts between the official, Hugging Face and timm layouts; :mod:`.convert` writes them.
+- :mod:`.download` fetches URLs and Hugging Face files into the cache (:mod:`.cache`), verified and atomically.
+- :mod:`.checkpoint_io` reads and writes checkpoint files safely (``weights_only=True``, safetensors preferred).
+
+Submodules are imported on first use, so ``import dinov3_integration.hub`` stays light.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from torch import nn
 
+_EXPORTS = {
+    "errors": [
+        "WeightsError",
+        "DownloadError",
+        "HTTPStatusError",
+        "LinkExpiredError",
+        "IncompleteDownloadError",
+        "HashMismatchError",
+        "WeightsNotFoundError",
+        "RepoNotFoundError",
+        "URLNotFoundError",
+        "GatedRepoAccessError",
+        "UnsafeCheckpointError",
+        "CheckpointFormatError",
+        "WeightsMismatchError",
+    ],
+    "cache": ["get_cache_dir", "url_to_filename", "hash_prefix_from_filename"],
+    "download": ["download_url", "hf_download"],
+    "checkpoint_io": ["load_state_dict_file", "save_state_dict_file", "unwrap_state_dict", "load_hf_model_folder"],
+    "sources": ["ResolvedWeights", "LoadResult", "resolve_weights", "load_pretrained"],
+    "formats": ["detect_format", "to_official", "from_official", "infer_architecture", "rope_periods"],
+    "resample": ["resample_patch_embed"],
+    "convert": ["convert_checkpoint"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
-def load_pretrained_weights(model: nn.Module, model_name: str, weights: Any = None) -> None:
-    """Resolve ``weights`` for ``model_name`` and load them into ``model`` (strict)."""
+__all__ = ["load_pretrained_weights", *_WHERE]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def load_pretrained_weights(model: nn.Module, model_name: str, weights: Any = None, periods: str = "reference") -> None:
+    """Resolve ``weights`` for ``model_name`` (see :func:`resolve_weights`) and load them into ``model`` (strict).
+
+    ``periods`` (``"reference"`` or ``"float32"``) picks the RoPE periods for sources that do not store them.
+    """
     from .sources import load_pretrained, resolve_weights
 
-    load_pretrained(model, resolve_weights(model_name, weights))
+    load_pretrained(model, resolve_weights(model_name, weights), periods=periods)  # type: ignore[arg-type]

@@ -24,16 +24,13 @@ import torch
 from torch import Tensor
 
 from .._logging import get_logger
+from .errors import CheckpointFormatError
 
 log = get_logger("hub")
 
 StateDict = dict[str, Tensor]
 Format = Literal["official", "hf", "timm"]
 PeriodsMode = Literal["reference", "float32"]
-
-
-class CheckpointFormatError(ValueError):
-    """A state dict whose layout cannot be recognised or converted."""
 
 
 # ------------------------------------------------------------------------------------------------ detection
@@ -230,15 +227,15 @@ def hf_config_from_kwargs(kwargs: Mapping[str, Any], state_dict: Mapping[str, Te
         "image_size": kwargs.get("img_size", 224),
         "num_channels": kwargs.get("in_chans", 3),
         "num_register_tokens": kwargs.get("n_storage_tokens", 0),
-        "layer_norm_eps": eps,
-        "rope_theta": kwargs.get("pos_embed_rope_base", 100.0),
+        "layer_norm_eps": float(eps),
+        "rope_theta": float(kwargs.get("pos_embed_rope_base") or 100.0),
         "query_bias": has_bias,
         "key_bias": key_bias,
         "value_bias": has_bias,
         "proj_bias": kwargs.get("proj_bias", True),
         "mlp_bias": kwargs.get("ffn_bias", True),
         "layerscale_value": 1.0,
-        "pos_embed_rescale": kwargs.get("pos_embed_rope_rescale_coords") or 2.0,
+        "pos_embed_rescale": float(kwargs.get("pos_embed_rope_rescale_coords") or 2.0),
     }
 
 

@@ -31,7 +31,7 @@ HUB_DEFAULTS: dict[str, Any] = {
     "pos_embed_rope_normalize_coords": "separate",
     "pos_embed_rope_shift_coords": None,
     "pos_embed_rope_jitter_coords": None,
-    "pos_embed_rope_rescale_coords": 2,
+    "pos_embed_rope_rescale_coords": 2.0,
     "pos_embed_rope_dtype": "fp32",
     "drop_path_rate": 0.0,
     "layerscale_init": 1.0e-05,
@@ -290,6 +290,7 @@ def create_model(
     weights: Any = None,
     *,
     device: torch.device | str | None = None,
+    rope_periods: str = "reference",
     **overrides: Any,
 ) -> DinoVisionTransformer:
     """Build a registered model, timm style.
@@ -300,6 +301,9 @@ def create_model(
         weights: a tag (``"lvd1689m"``, ``"sat493m"``), a file, a folder, a URL, an ``hf-hub:`` id or a timm
             name. A tag alone with ``pretrained=False`` only selects the architecture (``sat493m`` unties the norms).
         device: build on this device; ``"meta"`` allocates no memory (for shapes and counts).
+        rope_periods: for weights without stored RoPE periods (Hugging Face, timm): ``"reference"`` uses the
+            bfloat16-rounded periods of the official checkpoints (outputs match Meta's model), ``"float32"`` the
+            float32 periods the ports compute (outputs match ``transformers``/``timm``).
         **overrides: constructor arguments replacing the registered ones (``depth=2`` for a tiny test model).
 
     Returns:
@@ -322,7 +326,7 @@ def create_model(
     if pretrained or (weights is not None and tag is None):
         from ..hub import load_pretrained_weights
 
-        load_pretrained_weights(model, spec.name, weights=weights)
+        load_pretrained_weights(model, spec.name, weights=weights, periods=rope_periods)
     return model.eval()
 
 
