@@ -79,3 +79,22 @@ def test_wrong_model_named(tmp_path, small) -> None:
     src = save_state_dict_file(small.state_dict(), tmp_path / "small.pth")
     with pytest.raises(WeightsMismatchError, match=r"do not fit dinov3_vits16: tensors 150 missing"):
         convert_checkpoint(src, tmp_path / "o.safetensors", model_name="dinov3_vits16")
+
+
+def test_hf_weights_get_reference_periods_by_default(tmp_path) -> None:
+    """Hugging Face files have no periods: by default the official bf16-rounded ones are used (the reference
+    model's outputs), and ``rope_periods="float32"`` reproduces transformers instead."""
+    from dinov3_integration.hub.formats import rope_periods
+
+    small = randomize_(create_model("dinov3_vits16", depth=2), std=0.3).eval()  # large q/k: RoPE matters
+    folder = convert_checkpoint(save_state_dict_file(small.state_dict(), tmp_path / "s.pth"), tmp_path / "hf", to="hf")
+    hf = transformers.DINOv3ViTModel.from_pretrained(folder).eval()
+    reference = create_model("dinov3_vits16", depth=2, weights=str(folder))
+    matching_hf = create_model("dinov3_vits16", depth=2, weights=str(folder), rope_periods="float32")
+    torch.testing.assert_close(reference.rope_embed.periods, rope_periods(64, mode="reference"), atol=0, rtol=0)
+    torch.testing.assert_close(matching_hf.rope_embed.periods, rope_periods(64, mode="float32"), atol=0, rtol=0)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = hf(pixel_values=x).last_hidden_state[:, 5:]
+        assert (matching_hf.forward_features(x)["x_norm_patchtokens"] - ref).abs().max() < 2e-5
+        assert (reference.forward_features(x)["x_norm_patchtokens"] - ref).abs().max() > 1e-4
