@@ -1,0 +1,235 @@
+"""Time and peak memory of the VGGT-compatible Aggregator against the number of frames S.
+
+For each S (``--frames``, default 2 4 8 16) and each output mode
+
+- ``all``: every layer is returned (VGGT's behaviour, ``output_layers="all"``),
+- ``heads``: only the layers VGGT's heads read (4, 11, 17, 23 at depth 24; scaled to other depths),
+
+one forward pass of ``[1, S, 3, img, img]`` frames is measured (no autograd):
+
+- ``time``: median wall-clock seconds over ``--repeats`` runs after one warm-up (CUDA synchronised);
+- ``peak``: the largest amount of memory allocated *during* the forward pass above what was allocated before it
+  (model weights excluded, outputs included). On CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation
+  before the call. On CPU: the running sum of every tensor allocation and free that ``torch.profiler`` records
+  (``profile_memory=True``) in one extra run; this counts tensor bytes, not allocator overhead or RSS;
+- ``kept``: bytes of the returned output tensors (exact; what stays alive after the call).
+
+The scaling exponent ``k`` of ``time ~ S^k`` comes from a least-squares fit of ``log time`` on ``log S`` per mode
+(frame attention is linear in S, global attention quadratic in S * P, so ``k`` grows from ~1 towards 2).
+
+Examples::
+
+    python benchmarks/bench_aggregator.py --depth 24 --embed-dim 128 --img-size 112          # small CPU run
+    python benchmarks/bench_aggregator.py --device cuda --dtype bfloat16 --embed-dim 1024 --img-size 518 \\
+        --patch-embed dinov2_vitl14_reg --frames 2 4 8 16 32 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from dinov3_integration.vggt_compat import Aggregator  # noqa: E402
+
+VGGT_HEAD_LAYERS = (4, 11, 17, 23)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def head_layers(depth: int) -> list[int]:
+    """VGGT's DPT-head layers (4, 11, 17, 23 of 24), scaled to ``depth`` blocks."""
+    if depth == 24:
+        return list(VGGT_HEAD_LAYERS)
+    return sorted({round(layer * (depth - 1) / 23) for layer in VGGT_HEAD_LAYERS})
+
+
+@contextlib.contextmanager
+def quiet_stderr(enabled: bool = True) -> Iterator[None]:
+    """Silence the profiler's C++ start/stop chatter on file descriptor 2."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_peak_bytes(run, verbose: bool) -> int:
+    """Peak of live tensor bytes (above the starting point) during ``run()``, from the profiler's memory events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with quiet_stderr(not verbose), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = run()
+        del result
+    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for _, nbytes in sorted(events):
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def measure(agg: Aggregator, x: torch.Tensor, layers, repeats: int, verbose: bool) -> dict[str, float]:
+    device = x.device
+
+    def run():
+        with torch.inference_mode():
+            return agg(x, output_layers=layers)[0]
+
+    outputs = run()  # warm-up (also allocates the RoPE/position caches)
+    kept = sum(o.numel() * o.element_size() for o in outputs if o is not None)
+    del outputs
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        out = run()
+        sync(device)
+        times.append(time.perf_counter() - start)
+        del out
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = run()
+        sync(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        del out
+    else:
+        peak = cpu_peak_bytes(run, verbose)
+    return {"time_s": statistics.median(times), "peak_bytes": peak, "kept_bytes": kept}
+
+
+def fit_exponent(frames: list[int], times: list[float]) -> float:
+    """Slope of ``log time`` against ``log S`` (least squares)."""
+    xs = [math.log(s) for s in frames]
+    ys = [math.log(t) for t in times]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else float("nan")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, nargs="+", default=[2, 4, 8, 16], help="sequence lengths S")
+    parser.add_argument("--depth", type=int, default=24)
+    parser.add_argument("--embed-dim", type=int, default=1024)
+    parser.add_argument("--num-heads", type=int, default=None, help="default: embed_dim // 64 (at least 1)")
+    parser.add_argument("--img-size", type=int, default=518, help="square frames; a multiple of the patch size")
+    parser.add_argument("--patch-size", type=int, default=14)
+    parser.add_argument("--patch-embed", default="conv", help='"conv", a VGGT DINOv2 name or a DINOv3 name')
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="module and input dtype")
+    parser.add_argument("--autocast", choices=["bfloat16", "float16"], default=None, help="run under autocast")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    parser.add_argument("--verbose", action="store_true", help="keep the profiler's own messages")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    heads = args.num_heads or max(1, args.embed_dim // 64)
+    torch.manual_seed(0)
+    agg = Aggregator(
+        img_size=args.img_size,
+        patch_size=args.patch_size,
+        embed_dim=args.embed_dim,
+        depth=args.depth,
+        num_heads=heads,
+        patch_embed=args.patch_embed,
+        check_input_range=False,
+    )
+    agg = agg.to(device=device, dtype=dtype).eval()
+    modes = {"all": "all", "heads": head_layers(args.depth)}
+    autocast = torch.autocast(device.type, dtype=DTYPES[args.autocast]) if args.autocast else contextlib.nullcontext()
+
+    records = []
+    with autocast:
+        for S in args.frames:
+            x = torch.rand(1, S, 3, args.img_size, args.img_size, device=device, dtype=dtype)
+            for mode, layers in modes.items():
+                result = measure(agg, x, layers, args.repeats, args.verbose)
+                records.append({"frames": S, "mode": mode, **result})
+
+    fits = {
+        mode: fit_exponent(
+            [r["frames"] for r in records if r["mode"] == mode], [r["time_s"] for r in records if r["mode"] == mode]
+        )
+        for mode in modes
+    }
+    p = agg.patch_size
+    report = {
+        "config": {
+            "depth": args.depth,
+            "embed_dim": args.embed_dim,
+            "num_heads": heads,
+            "img_size": args.img_size,
+            "patch_size": p,
+            "tokens_per_frame": agg.patch_start_idx + (args.img_size // p) ** 2,
+            "patch_embed": args.patch_embed,
+            "device": str(device),
+            "dtype": args.dtype,
+            "autocast": args.autocast,
+            "threads": torch.get_num_threads(),
+            "heads_layers": modes["heads"],
+            "peak_memory": "cuda.max_memory_allocated" if device.type == "cuda" else "torch.profiler tensor bytes",
+        },
+        "results": records,
+        "time_exponent": fits,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return report
+
+    mib = 1024**2
+    cfg = report["config"]
+    print(
+        f"Aggregator depth={cfg['depth']} embed_dim={cfg['embed_dim']} heads={heads} img={args.img_size} "
+        f"(P={cfg['tokens_per_frame']} tokens/frame) patch_embed={args.patch_embed} device={device} "
+        f"dtype={args.dtype} autocast={args.autocast} threads={cfg['threads']}; heads mode keeps layers "
+        f"{modes['heads']}; peak = {cfg['peak_memory']}"
+    )
+    print(f"{'S':>4} | {'mode':<5} | {'time (s)':>9} | {'peak (MiB)':>10} | {'kept (MiB)':>10} | {'peak vs all':>11}")
+    print("-" * 66)
+    by_key = {(r["frames"], r["mode"]): r for r in records}
+    for r in records:
+        ref = by_key[(r["frames"], "all")]["peak_bytes"]
+        ratio = f"{r['peak_bytes'] / ref:.2f}x" if ref else "-"
+        print(
+            f"{r['frames']:>4} | {r['mode']:<5} | {r['time_s']:>9.4f} | {r['peak_bytes'] / mib:>10.1f} | "
+            f"{r['kept_bytes'] / mib:>10.1f} | {ratio:>11}"
+        )
+    if len(set(args.frames)) > 1:
+        print("time ~ S^k (log-log fit): " + ", ".join(f"{mode}: k = {k:.2f}" for mode, k in fits.items()))
+    else:
+        print("time ~ S^k: needs at least two different --frames values")
+    return report
+
+
+if __name__ == "__main__":
+    main()
