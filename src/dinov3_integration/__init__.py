@@ -1,7 +1,44 @@
-"""dinov3-integration: DINOv3 vision transformers as an exact, drop-in backbone for multi-frame 3D models."""
+"""dinov3-integration: DINOv3 vision transformers as an exact, drop-in backbone for multi-frame 3D models.
+
+Main entry points (imported on first use, so ``import dinov3_integration`` is cheap):
+
+- :func:`create_model`, :func:`list_models`, :func:`model_info`, :class:`DinoVisionTransformer` (the ViT);
+- :class:`Aggregator` (VGGT's multi-frame aggregator, any DINOv3 patch embedding);
+- :class:`DINOv3IntegratedModel`, :func:`load_config`, :func:`build_model` (single/multi-frame model from YAML);
+- :mod:`dinov3_integration.hub` (weights), :mod:`dinov3_integration.vggt_compat` (VGGT's layer names).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .models import DinoVisionTransformer, create_model, list_models, model_info  # noqa: E402
+_EXPORTS = {
+    "DinoVisionTransformer": "models",
+    "create_model": "models",
+    "list_models": "models",
+    "model_info": "models",
+    "Aggregator": "vggt_compat",
+    "DINOv3IntegratedModel": "integrated",
+    "load_config": "config",
+    "build_model": "config",
+    "save_config": "config",
+    "ConfigError": "config",
+}
 
-__all__ = ["DinoVisionTransformer", "__version__", "create_model", "list_models", "model_info"]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
