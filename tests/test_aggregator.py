@@ -417,3 +417,23 @@ def test_bad_constructor_arguments():
     assert tiny(n_storage_tokens=2).patch_start_idx == 3
     with pytest.raises(ValueError, match="output_layers"):
         tiny(output_layers="last")
+
+
+def test_patch_embed_outputs_are_handed_back():
+    """``patch_embed_outputs`` receives the backbone's forward_features of every frame chunk, in order."""
+    from dinov3_integration.models import create_model
+
+    backbone = create_model("dinov3_vits16", depth=1, embed_dim=64, num_heads=4)
+    agg = Aggregator(
+        img_size=32, patch_size=16, embed_dim=64, depth=1, num_heads=4, patch_embed=backbone, frames_chunk_size=2
+    ).eval()
+    images = torch.rand(1, 3, 3, 32, 32)
+    sink: list = []
+    with torch.no_grad():
+        agg(images, patch_embed_outputs=sink)
+        mean, std = agg.normalization
+        x = (images[0] - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+        ref = backbone.forward_features(x)
+    assert [o["x_norm_clstoken"].shape[0] for o in sink] == [2, 1]
+    cls = torch.cat([o["x_norm_clstoken"] for o in sink])
+    torch.testing.assert_close(cls, ref["x_norm_clstoken"], atol=1e-5, rtol=0)

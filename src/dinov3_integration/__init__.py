@@ -26,6 +26,8 @@ _EXPORTS = {
     "build_model": "config",
     "save_config": "config",
     "ConfigError": "config",
+    "DINOv3Config": "config",
+    "list_variants": "config",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -362,6 +362,7 @@ class Aggregator(nn.Module):
         images: Tensor,
         output_layers: str | int | Sequence[int] | None = None,
         frames_chunk_size: int | None = None,
+        patch_embed_outputs: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[Tensor | None], int]:
         """Aggregate a batch of image sequences.
 
@@ -370,6 +371,9 @@ class Aggregator(nn.Module):
                 multiples of :attr:`patch_size`. Frame 0 of each sequence is the reference frame.
             output_layers: override :attr:`output_layers` for this call.
             frames_chunk_size: override :attr:`frames_chunk_size` for this call.
+            patch_embed_outputs: with a DINOv3 patch embedding, a list that receives the backbone's
+                ``forward_features`` dict of every chunk of frames (in order; ``[chunk, ...]`` tensors over the
+                ``B * S`` frames), so callers get the per-frame CLS and storage tokens of the same pass.
 
         Returns:
             ``(output_list, patch_start_idx)``. Each output is ``[B, S, P, 2C]`` with
@@ -385,7 +389,7 @@ class Aggregator(nn.Module):
         layers = self._resolve_output_layers(output_layers)
         chunk = frames_chunk_size if frames_chunk_size is not None else self.frames_chunk_size
 
-        tokens = self._embed(images, h * w, chunk)  # [B * S, P, C]
+        tokens = self._embed(images, h * w, chunk, patch_embed_outputs)  # [B * S, P, C]
         _, P, C = tokens.shape
         pos_frame, pos_global, bound = self._positions(B, S, h, w, tokens.device)
 
@@ -413,7 +417,9 @@ class Aggregator(nn.Module):
             return [outputs.get(i) for i in range(self.depth)], self.patch_start_idx
         return [outputs[layer] for layer in layers], self.patch_start_idx
 
-    def _embed(self, images: Tensor, n_patches: int, chunk: int | None) -> Tensor:
+    def _embed(
+        self, images: Tensor, n_patches: int, chunk: int | None, sink: list[dict[str, Tensor]] | None = None
+    ) -> Tensor:
         """Normalise and patch-embed ``[B, S, 3, H, W]`` frames; return the tokens ``[B * S, P, C]``."""
         B, S, _, H, W = images.shape
         n = B * S
@@ -424,7 +430,7 @@ class Aggregator(nn.Module):
         tokens: Tensor | None = None
         for start in range(0, n, step):
             x = (frames[start : start + step] - mean) / std
-            patches = self._patch_tokens(x, n_patches)  # [n_chunk, h * w, C]
+            patches = self._patch_tokens(x, n_patches, sink)  # [n_chunk, h * w, C]
             if tokens is None:
                 dtype = torch.promote_types(patches.dtype, self.camera_token.dtype)
                 tokens = patches.new_empty((n, P0 + n_patches, patches.shape[-1]), dtype=dtype)
@@ -433,10 +439,13 @@ class Aggregator(nn.Module):
         assert tokens is not None
         return tokens
 
-    def _patch_tokens(self, x: Tensor, n_patches: int) -> Tensor:
+    def _patch_tokens(self, x: Tensor, n_patches: int, sink: list[dict[str, Tensor]] | None = None) -> Tensor:
         """``[N, 3, H, W]`` normalised frames -> patch tokens ``[N, h * w, C]`` (projected when needed)."""
         if self.patch_embed_kind == "dinov3":
-            out = self.patch_embed.forward_features(x)["x_norm_patchtokens"]
+            features = self.patch_embed.forward_features(x)
+            if sink is not None:
+                sink.append(features)
+            out = features["x_norm_patchtokens"]
         else:
             out = self.patch_embed(x)
             if isinstance(out, dict):
