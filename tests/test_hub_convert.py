@@ -98,3 +98,18 @@ def test_hf_weights_get_reference_periods_by_default(tmp_path) -> None:
         ref = hf(pixel_values=x).last_hidden_state[:, 5:]
         assert (matching_hf.forward_features(x)["x_norm_patchtokens"] - ref).abs().max() < 2e-5
         assert (reference.forward_features(x)["x_norm_patchtokens"] - ref).abs().max() > 1e-4
+
+
+def test_convert_command(tmp_path, small) -> None:
+    import subprocess
+    import sys
+
+    src = save_state_dict_file(small.state_dict(), tmp_path / "small.pth")
+    run = [sys.executable, "-m", "dinov3_integration", "convert"]
+    ok = subprocess.run([*run, str(src), str(tmp_path / "hf"), "--to", "hf"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "wrote" in ok.stdout and (tmp_path / "hf" / "config.json").is_file()
+    bad = subprocess.run(
+        [*run, str(tmp_path / "nope.pth"), str(tmp_path / "x.safetensors")], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "not a checkpoint file" in bad.stderr

@@ -1,0 +1,173 @@
+"""Preprocessing, as the reference DINOv3 README transform (docs/dinov3_spec.md section 4).
+
+The README transform is ``v2.ToImage() -> v2.Resize(size, antialias=True) -> v2.ToDtype(float32, scale=True) ->
+v2.Normalize(mean, std)``: the resize runs **on the uint8 image** with torchvision's default *bilinear*
+interpolation and antialiasing. We do exactly that with the same torchvision functions, with two documented
+differences in *size* only:
+
+* the target size keeps the aspect ratio: ``--resolution S`` scales the short side to ``S`` and both sides are
+  rounded to the nearest multiple of the patch size (16), so no pixel is silently dropped by the patch
+  embedding; ``--resolution HxW`` gives a fixed size (each side rounded to a patch multiple);
+* ``interpolation="bicubic"`` is offered (the official eval code and timm use bicubic); bilinear is the default.
+
+The pipeline is split in two so data loading can overlap compute: :func:`resize_uint8` runs in the data loader
+workers (uint8 tensors are 4x smaller to move to the GPU) and :func:`normalize` runs on the compute device.
+Both steps are bit-identical to the README transform on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as tvF
+
+from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD, normalization_for
+
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A resize request: ``short_side`` (keep the aspect ratio) or a fixed ``(height, width)``."""
+
+    short_side: int | None = None
+    size: tuple[int, int] | None = None
+
+    def __str__(self) -> str:
+        if self.short_side is not None:
+            return str(self.short_side)
+        assert self.size is not None
+        return f"{self.size[0]}x{self.size[1]}"
+
+
+def parse_resolution(text: str | int) -> Resolution:
+    """``"256"`` -> short side 256; ``"480x640"`` -> fixed height 480, width 640.
+
+    Raises:
+        ValueError: with the accepted forms, for anything else.
+    """
+    if isinstance(text, int):
+        value = text
+    else:
+        s = str(text).strip().lower()
+        m = re.fullmatch(r"(\d+)\s*[x,]\s*(\d+)", s)
+        if m:
+            h, w = int(m.group(1)), int(m.group(2))
+            if h <= 0 or w <= 0:
+                raise ValueError(f"resolution {text!r} must be positive")
+            return Resolution(size=(h, w))
+        if not s.isdigit():
+            raise ValueError(f"resolution {text!r} is not understood: use a short side like 256 or HxW like 480x640")
+        value = int(s)
+    if value <= 0:
+        raise ValueError(f"resolution {text!r} must be positive")
+    return Resolution(short_side=value)
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, int(value / multiple + 0.5) * multiple)
+
+
+def target_size(height: int, width: int, resolution: Resolution, patch_size: int) -> tuple[int, int]:
+    """Model input size ``(H, W)`` for an image of ``height x width``: multiples of ``patch_size``.
+
+    Short-side mode scales by ``S / min(height, width)`` and rounds each side to the nearest patch multiple
+    (at least one patch); fixed mode rounds the requested sides.
+    """
+    if resolution.size is not None:
+        h, w = resolution.size
+        return _round_to(h, patch_size), _round_to(w, patch_size)
+    assert resolution.short_side is not None
+    scale = resolution.short_side / min(height, width)
+    return _round_to(height * scale, patch_size), _round_to(width * scale, patch_size)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel ``mean`` / ``std`` in [0, 1] units and the name they were chosen by."""
+
+    name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+NORMALIZATIONS = {
+    "imagenet": Normalization("imagenet", tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)),  # type: ignore[arg-type]
+    "sat493m": Normalization("sat493m", tuple(SAT_MEAN), tuple(SAT_STD)),  # type: ignore[arg-type]
+}
+
+
+def choose_normalization(choice: str, weights_tag: str | None) -> Normalization:
+    """``choice`` ``"auto"`` picks the satellite statistics for ``sat493m`` weights (``model.weights_tag``), ImageNet's
+    otherwise (:func:`dinov3_integration.models.normalization_for`)."""
+    if choice != "auto":
+        if choice not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalisation {choice!r}: use auto, {', '.join(NORMALIZATIONS)}")
+        return NORMALIZATIONS[choice]
+    mean, _ = normalization_for(weights_tag)
+    return NORMALIZATIONS["sat493m" if tuple(mean) == tuple(SAT_MEAN) else "imagenet"]
+
+
+def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Decode an image file to RGB uint8 ``[3, h, w]`` (EXIF orientation applied, alpha dropped).
+
+    Raises:
+        OSError / ValueError: from Pillow for missing, truncated or unsupported files.
+    """
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        rgb = im.convert("RGB")
+    return pil_to_uint8(rgb)
+
+
+def pil_to_uint8(image) -> torch.Tensor:  # noqa: ANN001 - PIL.Image.Image
+    """PIL RGB image -> uint8 ``[3, h, w]`` (the same memory layout as ``v2.ToImage``)."""
+    return tvF.to_image(image).as_subclass(torch.Tensor)
+
+
+def array_to_uint8(frame: np.ndarray) -> torch.Tensor:
+    """``[h, w, 3]`` uint8 array (a decoded video frame) -> uint8 ``[3, h, w]``, laid out like ``v2.ToImage``."""
+    return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
+
+
+def resize_uint8(image: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
+    """Antialiased resize of uint8 ``[..., 3, h, w]`` to ``[..., 3, H, W]`` uint8 (``v2.Resize(antialias=True)``)."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r} is not supported: use {' or '.join(INTERPOLATIONS)}")
+    mode = InterpolationMode.BILINEAR if interpolation == "bilinear" else InterpolationMode.BICUBIC
+    return tvF.resize(image, list(size), interpolation=mode, antialias=True)
+
+
+def normalize(image: torch.Tensor, norm: Normalization) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` -> float32 ``(x / 255 - mean) / std`` (``v2.ToDtype(scale=True)``, ``v2.Normalize``)."""
+    x = tvF.to_dtype(image, torch.float32, scale=True)
+    return tvF.normalize(x, list(norm.mean), list(norm.std))
+
+
+def to_unit_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` -> float32 in [0, 1] (the Aggregator normalises inside)."""
+    return tvF.to_dtype(image, torch.float32, scale=True)
+
+
+def reference_transform(size: tuple[int, int], norm: Normalization, interpolation: str = "bilinear"):  # noqa: ANN201
+    """The README transform as a ``v2.Compose`` for a fixed ``size`` (what :func:`resize_uint8` +
+    :func:`normalize` reproduce); handy to preprocess images for the model directly."""
+    from torchvision.transforms import v2
+
+    mode = InterpolationMode.BILINEAR if interpolation == "bilinear" else InterpolationMode.BICUBIC
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(list(size), interpolation=mode, antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(norm.mean), std=list(norm.std)),
+        ]
+    )
