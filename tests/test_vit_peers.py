@@ -133,3 +133,30 @@ def test_rope_periods_values() -> None:
     torch.testing.assert_close(formats.rope_periods(64, mode="reference"), ref, atol=0, rtol=0)
     torch.testing.assert_close(formats.rope_periods(64, mode="float32")[1], torch.tensor(1.3335215), atol=1e-6, rtol=0)
     assert formats.rope_periods(128).numel() == 32
+
+
+@pytest.mark.parametrize(
+    ("ours", "timm_name"),
+    [("dinov3_vits16", "vit_small_patch16_dinov3"), ("dinov3_vits16plus", "vit_small_plus_patch16_dinov3")],
+)
+def test_full_size_small_models_match_both_peers(ours: str, timm_name: str) -> None:
+    """The released ViT-S/16 and ViT-S+/16 architectures (full depth), same random weights in all three."""
+    model = randomize_(create_model(ours), std=0.05).eval()
+    with torch.no_grad():  # zero q/v biases: timm's primary variants have none
+        for blk in model.blocks:
+            blk.attn.qkv.bias.zero_()
+    sd = model.state_dict()
+    spec_kwargs = get_model_spec(ours).kwargs()
+    hf_config = transformers.DINOv3ViTConfig(**formats.hf_config_from_kwargs(spec_kwargs))
+    hf = transformers.DINOv3ViTModel(hf_config).eval()
+    hf_sd = {("model." + k if k.startswith("layer.") else k): v for k, v in formats.official_to_hf(sd).items()}
+    hf.load_state_dict(hf_sd, strict=True)
+    peer = timm.create_model(timm_name, pretrained=False, global_pool="token").eval()
+    peer.load_state_dict(formats.official_to_timm(sd), strict=True)
+    # both peers recompute float32 periods: give ours the same ones for this comparison
+    model.rope_embed.periods.copy_(formats.rope_periods(64, mode="float32"))
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        ours_tokens = _all_tokens(model.forward_features(x))
+        torch.testing.assert_close(ours_tokens, peer.forward_features(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours_tokens, hf(pixel_values=x).last_hidden_state, atol=HF_TOL, rtol=0)
