@@ -260,6 +260,24 @@ def test_aggregate_clips(dataset: Path, tmp_path: Path) -> None:
     video, _ = read(out / "clip.mp4.safetensors")
     assert video["aggregated.0"].shape[0] == 4 and video["frame_indices"].tolist() == [0, 2, 5, 7]
 
+    # --aggregator-weights: a full VGGT-style checkpoint ("aggregator." prefix, other heads ignored)
+    torch.manual_seed(1)
+    trained = Aggregator(patch_embed=tiny_model(), patch_size=16, embed_dim=64, num_heads=4, depth=2).eval()
+    ckpt = {f"aggregator.{k}": v for k, v in trained.state_dict().items()} | {"camera_head.w": torch.zeros(1)}
+    torch.save(ckpt, tmp_path / "vggt.pt")
+    out2 = tmp_path / "out2"
+    proc = dinov3(
+        "extract", str(frames), "--out", str(out2), *TINY, "--resolution", "32", "--aggregate",
+        "--aggregator-kwargs", "depth=2", "--layers", "1", "--aggregator-weights", str(tmp_path / "vggt.pt"),
+        "--num-workers", "0",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    loaded, _ = read(out2 / "scene.safetensors")
+    with torch.inference_mode():
+        expected, _ = trained(clip[None].float() / 255, output_layers=[1])
+    torch.testing.assert_close(loaded["aggregated.1"], expected[0][0], rtol=1e-5, atol=1e-5)
+    assert (loaded["aggregated.1"] - tensors["aggregated.1"]).abs().max() > 1e-3  # the weights were used
+
 
 def test_bad_command_lines_exit_2(dataset: Path, tmp_path: Path) -> None:
     from dinov3_integration.cli.main import main

@@ -337,19 +337,12 @@ def build_aggregator(args: argparse.Namespace, loaded: LoadedModel, device: Any)
 
 
 def _load_state_dict(path: str) -> dict[str, Any]:
-    import torch
+    """The hub's safe reader (``weights_only=True`` / safetensors; ``model``/``state_dict`` wrappers unwrapped)."""
+    from ..hub.checkpoint_io import load_state_dict_file
 
     if not os.path.isfile(path):
         raise CLIError(f"--aggregator-weights {path!r} does not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    return state
+    return load_state_dict_file(path)
 
 
 # ------------------------------------------------------------------------------------------------------- progress
