@@ -71,6 +71,9 @@ def test_intermediate_layers_int_and_list(tiny) -> None:
     torch.testing.assert_close(both[0], all2[0], atol=0, rtol=0)
     torch.testing.assert_close(both[1], ff["x_prenorm"][:, 5:], atol=0, rtol=0)
     assert shaped[0][0].shape == (2, 64, 2, 3) and shaped[0][1].shape == (2, 4, 64)
+    with torch.no_grad():
+        reordered = tiny.get_intermediate_layers(x, n=[1, 0], norm=False)
+    torch.testing.assert_close(reordered[0], both[0], atol=0, rtol=0)  # block order, as the reference
     with pytest.raises(ValueError, match="out of range"):
         tiny.get_intermediate_layers(x, n=[5])
     with pytest.raises(ValueError, match="last 3 blocks"):

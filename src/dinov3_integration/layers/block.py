@@ -1,4 +1,10 @@
-"""Pre-norm transformer block: ``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``."""
+"""Pre-norm transformer block: ``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``.
+
+Inference fast path (eager, eval mode, gradients disabled, no forward hooks): the LayerScale multiply and the residual add are done in place
+in the branch output (``branch.mul_(gamma).add_(x)``), which is a fresh tensor, instead of allocating two new
+``[B, N, D]`` tensors per branch. Products and sums are the same IEEE operations (``x + b * g`` and ``b * g + x`` are
+bitwise equal), so outputs are bit-identical; measured in benchmarks/README.md.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from torch import Tensor, nn
 
 from .attention import RopeArg, SelfAttention
 from .drop_path import DropPath
-from .ffn import Mlp
+from .ffn import Mlp, _in_place_ok
 from .layer_scale import LayerScale
 
 
@@ -93,8 +99,33 @@ class SelfAttentionBlock(nn.Module):
         if self.training and self.sample_drop_ratio > 0.1:
             x = _drop_add_residual_subset(x, lambda t: self._attn_residual(t, rope), self.sample_drop_ratio)
             return _drop_add_residual_subset(x, self._ffn_residual, self.sample_drop_ratio)
+        if not self.training and _in_place_ok(self.attn, self.mlp, self.ls1, self.ls2):
+            x = _scaled_residual_add_(self.attn(self.norm1(x), rope=rope), self.ls1, x)
+            return _scaled_residual_add_(self.mlp(self.norm2(x)), self.ls2, x)
         x = x + self.drop_path(self._attn_residual(x, rope))
         return x + self.drop_path(self._ffn_residual(x))
+
+
+def _scaled_residual_add_(branch: Tensor, ls: nn.Module, x: Tensor) -> Tensor:
+    """``x + ls(branch)`` for inference, reusing a fresh buffer when that is exact.
+
+    ``branch`` must be a fresh tensor nobody else holds (the output of the block's attention or FFN, with no forward
+    hooks on them). With a :class:`LayerScale`: when ``branch``, ``x`` and ``gamma`` share dtype and shape, ``branch`` becomes
+    ``branch * gamma + x`` in place; otherwise (bfloat16 branch under autocast, float32 ``x`` and ``gamma``) the
+    promoted product ``branch * gamma`` is a new float32 tensor and ``x`` is added into it. Either way the values
+    are those of ``x + branch * gamma`` (addition is commutative in IEEE arithmetic); anything else (another ``ls``
+    module, broadcasting) is computed out of place.
+    """
+    if type(ls) is LayerScale:
+        if branch.dtype == x.dtype == ls.gamma.dtype and branch.shape == x.shape and branch is not x:
+            return branch.mul_(ls.gamma).add_(x)
+        scaled = branch * ls.gamma
+        if scaled.dtype == x.dtype and scaled.shape == x.shape:
+            return scaled.add_(x)
+        return x + scaled
+    if type(ls) is nn.Identity and branch.dtype == x.dtype and branch.shape == x.shape and branch is not x:
+        return branch.add_(x)
+    return x + ls(branch)
 
 
 def _drop_add_residual_subset(x: Tensor, residual_func: Callable[[Tensor], Tensor], ratio: float) -> Tensor:

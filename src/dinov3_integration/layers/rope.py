@@ -9,6 +9,7 @@ reference). Tables are computed in ``dtype`` (float32 for every released model) 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Literal
 
@@ -29,6 +30,45 @@ def rope_rotate_half(x: Tensor) -> Tensor:
 def rope_apply(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
     """Rotate ``x`` (``[..., N, d]``) by the tables ``sin``/``cos`` (``[N, d]``)."""
     return (x * cos) + (rope_rotate_half(x) * sin)
+
+
+def rope_apply_swapped(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
+    """:func:`rope_apply` without concatenations (bit-identical), the form used under ``torch.compile``.
+
+    With ``x`` viewed as ``[..., 2, d/2]`` (rows ``x1``, ``x2``), ``rotate_half(x) * sin`` is
+    ``flip(x) * [-s1; s2]`` (``(-x2) * s1`` is exactly ``x2 * (-s1)``). Inductor turns the flip into plain index
+    arithmetic on the size-2 dimension and fuses everything into one vectorised kernel, where the ``torch.cat`` of
+    ``rope_rotate_half`` made it materialise both halves first (measured, compiled bfloat16 ViT-S/16 at 224, batch 8:
+    RoPE kernels 1.15 -> 0.45 ms per block).
+    """
+    half = x.shape[-1] // 2
+    xv = x.unflatten(-1, (2, half))  # [..., N, 2, d/2]
+    sin_signed = torch.stack((-sin[..., :half], sin[..., half:]), dim=-2)  # [N, 2, d/2]
+    return (xv * cos.unflatten(-1, (2, half)) + xv.flip(-2) * sin_signed).flatten(-2)
+
+
+def rope_apply_(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
+    """In-place :func:`rope_apply`: overwrite ``x`` (``[..., N, d]``, any strides) with its rotation; returns ``x``.
+
+    With halves ``x = [x1 | x2]``, ``rope_apply`` computes ``[x1 c1 + (-x2) s1 | x2 c2 + x1 s2]``. Here the same
+    products are formed (``-x2 * s1`` is exactly ``-(x2 * s1)`` and ``a + (-b)`` is exactly ``a - b`` in IEEE
+    arithmetic), so the result is bit-identical, but without the two concatenations and with two half-size
+    temporaries instead of five full-size ones. When ``x`` has a narrower float dtype than the tables (bfloat16
+    activations, float32 tables) the rotation runs in the tables' dtype on a copy that is rounded back, exactly as
+    ``x.to(sin.dtype)`` -> ``rope_apply`` -> ``.to(x.dtype)``. Not for tensors autograd needs.
+    """
+    if x.dtype != sin.dtype:
+        if torch.promote_types(x.dtype, sin.dtype) != sin.dtype:
+            raise ValueError(f"rope_apply_ cannot rotate {x.dtype} with lower-precision {sin.dtype} tables in place")
+        x.copy_(rope_apply_(x.to(sin.dtype), sin, cos))
+        return x
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    x1_s2 = x1 * sin[..., half:]
+    x2_s1 = x2 * sin[..., :half]
+    x1.mul_(cos[..., :half]).sub_(x2_s1)
+    x2.mul_(cos[..., half:]).add_(x1_s2)
+    return x
 
 
 class RopePositionEmbedding(nn.Module):
@@ -136,12 +176,19 @@ class RopePositionEmbedding(nn.Module):
 
     def compute(self, H: int, W: int) -> RopeTables:
         """Compute ``(sin, cos)``, each ``[H * W, head_dim]``, without the cache."""
-        with torch.autocast(self.periods.device.type, enabled=False):
+        device_type = self.periods.device.type
+        no_autocast = contextlib.nullcontext() if device_type == "meta" else torch.autocast(device_type, enabled=False)
+        with no_autocast:
             coords = self._coords(H, W)  # [HW, 2]
             angles = 2 * math.pi * coords[:, :, None] / self.periods[None, None, :]  # [HW, 2, D_head // 4]
             angles = angles.flatten(1, 2)  # [HW, D_head // 2]
             angles = angles.tile(2)  # [HW, D_head]
-            return torch.sin(angles), torch.cos(angles)
+            # One [2, HW, D_head] tensor (a copy, same values): under torch.compile the stack makes inductor
+            # materialise the tables once per forward; without it, sin/cos of the coordinates were inlined and
+            # recomputed for every (batch, head) element in each block's (scalar, unvectorised) RoPE kernel,
+            # which made compiled bfloat16 ViT-S/16 ~20% slower than timm (measured).
+            sin, cos = torch.stack((torch.sin(angles), torch.cos(angles))).unbind(0)
+            return sin, cos
 
     def forward(self, *, H: int, W: int) -> RopeTables:
         """Return ``(sin, cos)`` for an ``H x W`` patch grid, each ``[H * W, head_dim]``."""

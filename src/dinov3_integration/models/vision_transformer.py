@@ -276,9 +276,13 @@ class DinoVisionTransformer(nn.Module):
             t2_x, hw = self.prepare_tokens_with_masks(t_x, t_masks)
             xs.append(t2_x)
             grids.append(hw)
+        # In training the RoPE augmentations draw new random coordinates for every block (as the reference);
+        # in eval the tables are deterministic, so they are fetched once per forward instead of once per block
+        # (under torch.compile, where the cache is bypassed, this keeps one table computation in the graph).
+        ropes = None if self.training else [self.rope_embed(H=H, W=W) for H, W in grids]
         for blk in self.blocks:
-            ropes = [self.rope_embed(H=H, W=W) for H, W in grids]
-            xs = [self._run_block(blk, t, r) for t, r in zip(xs, ropes)]
+            block_ropes = ropes if ropes is not None else [self.rope_embed(H=H, W=W) for H, W in grids]
+            xs = [self._run_block(blk, t, r) for t, r in zip(xs, block_ropes)]
         return [self._output_dict(x, masks, idx) for idx, (x, masks) in enumerate(zip(xs, masks_list))]
 
     def _output_dict(self, x: Tensor, masks: Tensor | None, idx: int) -> dict[str, Any]:
@@ -335,21 +339,22 @@ class DinoVisionTransformer(nn.Module):
             if not 1 <= n <= depth:
                 raise ValueError(f"n={n} asks for the last {n} blocks, but the model has {depth}")
             return list(range(depth - n, depth))
-        indices = []
+        indices = set()
         for i in n:
             j = int(i) + depth if int(i) < 0 else int(i)
             if not 0 <= j < depth:
                 raise ValueError(f"block index {i} is out of range for a model with {depth} blocks")
-            indices.append(j)
-        return indices
+            indices.add(j)
+        return sorted(indices)  # block order, as the reference collects them
 
     def _get_intermediate_layers_not_chunked(self, x: Tensor, n: int | Sequence[int] = 1) -> list[Tensor]:
         x, (H, W) = self.prepare_tokens_with_masks(x)
         wanted = self._block_indices(n)
         last = max(wanted)
         outputs: dict[int, Tensor] = {}
+        rope = None if self.training else self.rope_embed(H=H, W=W)  # once per forward in eval (see above)
         for i, blk in enumerate(self.blocks[: last + 1]):
-            x = self._run_block(blk, x, self.rope_embed(H=H, W=W))
+            x = self._run_block(blk, x, rope if rope is not None else self.rope_embed(H=H, W=W))
             if i in wanted:
                 outputs[i] = x
         return [outputs[i] for i in wanted]
@@ -368,7 +373,8 @@ class DinoVisionTransformer(nn.Module):
 
         Args:
             x: ``[B, 3, H, W]``.
-            n: an int takes the last ``n`` blocks; a sequence gives block indices (0-based; negative allowed).
+            n: an int takes the last ``n`` blocks; a sequence gives block indices (0-based; negative allowed,
+                counted from the end). Outputs come in block order, as in the reference.
             reshape: patch tokens as ``[B, D, H // p, W // p]`` instead of ``[B, N, D]``.
             return_class_token: also return the CLS token ``[B, D]`` of each layer.
             return_extra_tokens: also return the storage tokens ``[B, R, D]`` of each layer.
