@@ -30,21 +30,21 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from _common import DTYPES, cuda_peak_bytes, profiler_peak_bytes, sync  # noqa: E402
 
 from dinov3_integration.vggt_compat import Aggregator  # noqa: E402
 
 VGGT_HEAD_LAYERS = (4, 11, 17, 23)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def head_layers(depth: int) -> list[int]:
@@ -54,44 +54,7 @@ def head_layers(depth: int) -> list[int]:
     return sorted({round(layer * (depth - 1) / 23) for layer in VGGT_HEAD_LAYERS})
 
 
-@contextlib.contextmanager
-def quiet_stderr(enabled: bool = True) -> Iterator[None]:
-    """Silence the profiler's C++ start/stop chatter on file descriptor 2."""
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def cpu_peak_bytes(run, verbose: bool) -> int:
-    """Peak of live tensor bytes (above the starting point) during ``run()``, from the profiler's memory events."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with quiet_stderr(not verbose), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = run()
-        del result
-    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = peak = 0
-    for _, nbytes in sorted(events):
-        live += nbytes
-        peak = max(peak, live)
-    return peak
-
-
-def measure(agg: Aggregator, x: torch.Tensor, layers, repeats: int, verbose: bool) -> dict[str, float]:
+def measure(agg: Aggregator, x: torch.Tensor, layers, repeats: int) -> dict[str, float]:
     device = x.device
 
     def run():
@@ -109,16 +72,7 @@ def measure(agg: Aggregator, x: torch.Tensor, layers, repeats: int, verbose: boo
         sync(device)
         times.append(time.perf_counter() - start)
         del out
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        out = run()
-        sync(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-        del out
-    else:
-        peak = cpu_peak_bytes(run, verbose)
+    peak = cuda_peak_bytes(run, device) if device.type == "cuda" else profiler_peak_bytes(run)
     return {"time_s": statistics.median(times), "peak_bytes": peak, "kept_bytes": kept}
 
 
@@ -146,7 +100,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
-    parser.add_argument("--verbose", action="store_true", help="keep the profiler's own messages")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -173,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         for S in args.frames:
             x = torch.rand(1, S, 3, args.img_size, args.img_size, device=device, dtype=dtype)
             for mode, layers in modes.items():
-                result = measure(agg, x, layers, args.repeats, args.verbose)
+                result = measure(agg, x, layers, args.repeats)
                 records.append({"frames": S, "mode": mode, **result})
 
     fits = {
