@@ -93,13 +93,14 @@ class MatmulCeiling:
     """A large dense ``[n, n] @ [n, n]`` product in ``dtype``: the reference "achievable" throughput.
 
     Call the instance to run one product (time it like any candidate); :meth:`gflops` converts a time to GFLOP/s
-    (``2 n^3`` FLOPs). Default sizes: 2048 on CPU (~17 GFLOP, a fraction of a second on a few cores), 8192 on CUDA.
+    (``2 n^3`` FLOPs). Default sizes: on CPU 2048 in float32 (~17 GFLOP, a fraction of a second on a few cores) and
+    4096 in 16-bit types (AMX/VNNI units run a 2048 product too briefly to reach their rate); 8192 on CUDA.
     """
 
     def __init__(self, device: torch.device | str, dtype: torch.dtype = torch.float32, n: int | None = None) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
-        self.n = n or (8192 if self.device.type == "cuda" else 2048)
+        self.n = n or (8192 if self.device.type == "cuda" else 2048 if dtype == torch.float32 else 4096)
         g = torch.Generator(device="cpu").manual_seed(0)
         self.a = torch.randn(self.n, self.n, generator=g).to(self.device, dtype)
         self.b = torch.randn(self.n, self.n, generator=g).to(self.device, dtype)

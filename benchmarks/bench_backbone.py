@@ -424,6 +424,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         memory_rows(name, x, dtype_name, modules, rows, memory, weights, args, device, threads)
                 print_rows(name, res, batch, model_info(name, res).flops, rows, memory)
                 report["rows"].extend(rows)
+                if args.json and args.json != "-":
+                    write_json(args.json, report)  # after every table, so that an interrupted run keeps its results
         del modules, compiled
         gc.collect()
     print_summary(report["rows"])

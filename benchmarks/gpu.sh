@@ -4,23 +4,27 @@
 #
 # Usage:  benchmarks/gpu.sh [OUT_DIR]          (default OUT_DIR: results/gpu-<UTC timestamp>)
 #
-# Steps (each under its own `timeout`; a failed step is recorded and the others still run; exit status 1 if any
-# step failed, 2 if no CUDA device is visible):
-#   1. backbone eager   : ViT-S/16, ViT-B/16, ViT-L/16 at 224 and 512, batch $BATCH, bfloat16 autocast
-#   2. backbone compile : ViT-L/16 at 224 and 512 (torch.compile, one graph per shape; ~1 min of compile per
-#                         implementation and shape, so only the large model)
-#   3. backbone memory  : peak memory of one ViT-L/16 forward at 1024x1024, batch 1, bfloat16 and float32
-#   4. aggregator       : benchmarks/bench_aggregator.py, depth 24, width 1024, 518x518 frames, frames
-#                         2 4 8 16 32 64 100 200, bfloat16 modules and inputs (its flags: --frames S..., --dtype,
-#                         --json on stdout). The SDPA backends are forced for it by disabling the math and cuDNN
-#                         backends globally before it runs (it has no --sdpa flag).
-# Then OUT_DIR/report.json combines the environment (nvidia-smi, versions) and every step's JSON.
+# Steps ($STEPS, in this order; each under its own `timeout`; a failed or timed-out step is recorded and the others
+# still run; exit status 1 if any step failed, 2 if no CUDA device is visible):
+#   backbone_eager   : ViT-S/16, ViT-B/16, ViT-L/16 at 224 and 512, batch $BATCH, bfloat16 autocast, with peak memory
+#   backbone_compile : ViT-L/16 at $COMPILE_RES (torch.compile, one graph per shape: about a minute of compilation
+#                      per implementation and shape, hence only the large model)
+#   backbone_memory  : peak memory of one ViT-L/16 forward at 1024x1024, batch 1, bfloat16 and float32
+#   aggregator       : benchmarks/bench_aggregator.py, depth 24, width 1024, 518x518 frames, frames
+#                      2 4 8 16 32 64 100 200, bfloat16 modules and inputs (its flags: --frames S..., --dtype,
+#                      --json on stdout). Its SDPA backends are forced by disabling the math and cuDNN backends
+#                      globally before it runs (it has no --sdpa flag).
+# Then OUT_DIR/report.json combines the environment (nvidia-smi, versions) and every step's JSON. The backbone
+# steps rewrite their JSON after every table, so a step cut by its timeout keeps what it measured.
 #
-# Sizing: no GPU was available when this was written, so the step budgets below are estimates (an H100/H200
-# should finish steps 1-3 in ~5 min and step 4 in ~4 min). Environment overrides:
+# Sizing: no GPU was available when this was written. The default per-step timeouts add up to 590 s so that the
+# whole script fits one 10-minute call; they are estimates for an H100/H200. If a step times out, rerun it alone in
+# a second call, e.g. `STEPS=backbone_compile benchmarks/gpu.sh OUT_DIR` (report.json is rebuilt from every JSON
+# present in OUT_DIR). Environment overrides:
 #   PYTHON (python), DEVICE (cuda; "cpu" with SMOKE=1 only checks the plumbing), SMOKE=1 (tiny settings),
-#   BATCH (32), REPEATS (10), FRAMES ("2 4 8 16 32 64 100 200"), AGG_PATCH_EMBED (dinov2_vitl14_reg),
-#   AGG_IMG (518), AGG_PATCH (14), STEP_TIMEOUT (900 s per step).
+#   STEPS ("backbone_eager backbone_compile backbone_memory aggregator"), BATCH (32), REPEATS (10),
+#   COMPILE_RES (224), FRAMES ("2 4 8 16 32 64 100 200"), AGG_PATCH_EMBED (dinov2_vitl14_reg), AGG_IMG (518),
+#   AGG_PATCH (14), T_EAGER (120), T_COMPILE (210), T_MEMORY (60), T_AGGREGATOR (200) seconds.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,25 +43,28 @@ AGG_IMG="${AGG_IMG:-518}"
 AGG_PATCH="${AGG_PATCH:-14}"
 AGG_DEPTH=24
 AGG_DIM=1024
-STEP_TIMEOUT="${STEP_TIMEOUT:-900}"
+STEPS="${STEPS:-backbone_eager backbone_compile backbone_memory aggregator}"
+COMPILE_RES="${COMPILE_RES:-224}"
+T_EAGER="${T_EAGER:-120}" T_COMPILE="${T_COMPILE:-210}" T_MEMORY="${T_MEMORY:-60}" T_AGGREGATOR="${T_AGGREGATOR:-200}"
 SDPA="flash,efficient"
-LARGE_RES="224,512"
+RES="224,512"
 MEM_RES=1024
-SMALL_MODELS="vits16,vitb16,vitl16"
-if [[ "$SMOKE" == "1" ]]; then  # plumbing check on any machine: tiny sizes, few repeats
-  BATCH=1 REPEATS=1 FRAMES="1 2" AGG_PATCH_EMBED=conv AGG_IMG=56 AGG_DEPTH=2 AGG_DIM=64 LARGE_RES=64 MEM_RES=64
-  SMALL_MODELS="vits16"
+MODELS="vits16,vitb16,vitl16"
+if [[ "$SMOKE" == "1" ]]; then  # plumbing check on any machine: tiny sizes, few repeats, generous timeouts
+  BATCH=1 REPEATS=1 FRAMES="1 2" AGG_PATCH_EMBED=conv AGG_IMG=56 AGG_DEPTH=2 AGG_DIM=64 RES=64 MEM_RES=64
+  COMPILE_RES=64 MODELS="vits16" T_EAGER=600 T_COMPILE=600 T_MEMORY=600 T_AGGREGATOR=600
 fi
 [[ "$DEVICE" == "cpu" ]] && SDPA="default"
-export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 log() { printf '[%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" | tee -a "$OUT/log.txt"; }
 FAILED=()
-run_step() {  # run_step NAME CMD... : stdout -> OUT/NAME.out, stderr -> OUT/NAME.err
-  local name="$1"; shift
-  log "start $name: $*"
+wanted() { [[ " $STEPS " == *" $1 "* ]]; }
+run_step() {  # run_step NAME TIMEOUT CMD... : stdout -> OUT/NAME.out, stderr -> OUT/NAME.err
+  local name="$1" limit="$2"; shift 2
+  log "start $name (timeout ${limit} s): $*"
   local start=$SECONDS rc=0
-  timeout "$STEP_TIMEOUT" "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" || rc=$?
+  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" || rc=$?
   log "end   $name: rc=$rc after $((SECONDS - start)) s"
   if [[ $rc -ne 0 ]]; then
     FAILED+=("$name")
@@ -88,25 +95,32 @@ EOF
 log "environment: $(tr -d '\n' <"$OUT/env.json")"
 
 BACKBONE=("$PYTHON" benchmarks/bench_backbone.py --device "$DEVICE" --sdpa "$SDPA" --repeats "$REPEATS" --warmup 3)
-run_step backbone_eager "${BACKBONE[@]}" --models "$SMALL_MODELS" --resolutions "$LARGE_RES" --batch "$BATCH" \
-  --modes eager --dtypes bfloat16 --json "$OUT/backbone_eager.json"
-run_step backbone_compile "${BACKBONE[@]}" --models vitl16 --resolutions "$LARGE_RES" --batch "$BATCH" \
-  --modes compile --dtypes bfloat16 --memory none --json "$OUT/backbone_compile.json"
-run_step backbone_memory "${BACKBONE[@]}" --models vitl16 --resolutions "$MEM_RES" --batch 1 \
-  --dtypes bfloat16,float32 --memory-only --json "$OUT/backbone_memory.json"
-
-# The aggregator benchmark has no SDPA flag: force flash/efficient for the whole run by disabling the others.
-# shellcheck disable=SC2086  # FRAMES is a space-separated list on purpose
-run_step aggregator "$PYTHON" - --frames $FRAMES --depth "$AGG_DEPTH" --embed-dim "$AGG_DIM" --img-size "$AGG_IMG" \
-  --patch-size "$AGG_PATCH" --patch-embed "$AGG_PATCH_EMBED" --device "$DEVICE" --dtype bfloat16 --json <<'EOF'
+if wanted backbone_eager; then
+  run_step backbone_eager "$T_EAGER" "${BACKBONE[@]}" --models "$MODELS" --resolutions "$RES" --batch "$BATCH" \
+    --modes eager --dtypes bfloat16 --json "$OUT/backbone_eager.json"
+fi
+if wanted backbone_compile; then
+  run_step backbone_compile "$T_COMPILE" "${BACKBONE[@]}" --models vitl16 --resolutions "$COMPILE_RES" \
+    --batch "$BATCH" --modes compile --dtypes bfloat16 --memory none --json "$OUT/backbone_compile.json"
+fi
+if wanted backbone_memory; then
+  run_step backbone_memory "$T_MEMORY" "${BACKBONE[@]}" --models vitl16 --resolutions "$MEM_RES" --batch 1 \
+    --dtypes bfloat16,float32 --memory-only --json "$OUT/backbone_memory.json"
+fi
+if wanted aggregator; then
+  # shellcheck disable=SC2086  # FRAMES is a space-separated list on purpose
+  run_step aggregator "$T_AGGREGATOR" "$PYTHON" - --frames $FRAMES --depth "$AGG_DEPTH" --embed-dim "$AGG_DIM" \
+    --img-size "$AGG_IMG" --patch-size "$AGG_PATCH" --patch-embed "$AGG_PATCH_EMBED" --device "$DEVICE" \
+    --dtype bfloat16 --json <<'EOF'
 import runpy, sys, torch
-if torch.cuda.is_available():
+if torch.cuda.is_available():  # force the flash / memory-efficient SDPA kernels for the whole run
     torch.backends.cuda.enable_math_sdp(False)
     torch.backends.cuda.enable_cudnn_sdp(False)
 sys.argv = ["benchmarks/bench_aggregator.py", *sys.argv[1:]]
 runpy.run_path("benchmarks/bench_aggregator.py", run_name="__main__")
 EOF
-cp "$OUT/aggregator.out" "$OUT/aggregator.json" 2>/dev/null || true
+  cp "$OUT/aggregator.out" "$OUT/aggregator.json" 2>/dev/null || true
+fi
 
 "$PYTHON" - "$OUT" "${FAILED[@]+"${FAILED[@]}"}" <<'EOF'
 import json, pathlib, sys

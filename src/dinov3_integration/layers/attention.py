@@ -65,25 +65,8 @@ class LinearKMaskedBias(nn.Linear):
             self.bias_mask[o // 3 : 2 * o // 3].fill_(0)
 
     def forward(self, input: Tensor) -> Tensor:
-        if self.bias is None:
-            return F.linear(input, self.weight)
-        if not torch.is_grad_enabled() and not torch.compiler.is_compiling() and self._masked_bias_is_zero():
-            # Eager inference with an all-zero effective bias (every released checkpoint: its stored mask is all
-            # zeros): skip it. Adding zeros changes no value (bar the sign of an exact zero), and F.linear without
-            # a bias saves the broadcast copy of the bias into the [B * N, 3D] output that addmm starts with.
-            return F.linear(input, self.weight)
-        masked_bias = self.bias * self.bias_mask.to(self.bias.dtype)
+        masked_bias = self.bias * self.bias_mask.to(self.bias.dtype) if self.bias is not None else None
         return F.linear(input, self.weight, masked_bias)
-
-    def _masked_bias_is_zero(self) -> bool:
-        """Whether ``bias * bias_mask`` is all zero; re-checked (one device sync) only when either tensor changes."""
-        bias, mask = self.bias, self.bias_mask
-        key = (bias.data_ptr(), bias._version, mask.data_ptr(), mask._version, bias.device, bias.dtype, mask.dtype)
-        cached = self.__dict__.get("_zero_bias_check")
-        if cached is None or cached[0] != key:
-            cached = (key, not bool((bias * mask.to(bias.dtype)).any()))
-            self.__dict__["_zero_bias_check"] = cached
-        return cached[1]
 
 
 class SelfAttention(nn.Module):
