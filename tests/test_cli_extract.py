@@ -172,8 +172,9 @@ def test_killed_run_resumes_without_duplicates(dataset: Path, tmp_path: Path) ->
     killed = dinov3(*args, env=_env(DINOV3_EXTRACT_EXIT_AFTER="2"))
     assert killed.returncode == 75, killed.stderr  # the hook's abrupt exit, like a kill
     done = sorted(out.rglob("*.safetensors"))
-    # The hook fires after 2 recorded writes; the writer thread may have finished one more.
-    assert 2 <= len(done) < N_INPUTS - 1 and not (out / "manifest.jsonl").exists()
+    # The hook fires after 2 recorded writes; writer threads already busy may finish more (timing-dependent, up to
+    # every readable input). Either way the run ended before writing its manifest.
+    assert 2 <= len(done) <= N_INPUTS - 1 and not (out / "manifest.jsonl").exists()
     # A damaged output (e.g. from a disk problem) must be redone, not trusted.
     damaged = done[0]
     damaged.write_bytes(damaged.read_bytes()[:-7])
