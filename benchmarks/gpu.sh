@@ -45,15 +45,16 @@ AGG_DEPTH=24
 AGG_DIM=1024
 STEPS="${STEPS:-backbone_eager backbone_compile backbone_memory aggregator}"
 COMPILE_RES="${COMPILE_RES:-224}"
-T_EAGER="${T_EAGER:-120}" T_COMPILE="${T_COMPILE:-210}" T_MEMORY="${T_MEMORY:-60}" T_AGGREGATOR="${T_AGGREGATOR:-200}"
 SDPA="flash,efficient"
 RES="224,512"
 MEM_RES=1024
 MODELS="vits16,vitb16,vitl16"
 if [[ "$SMOKE" == "1" ]]; then  # plumbing check on any machine: tiny sizes, few repeats, generous timeouts
   BATCH=1 REPEATS=1 FRAMES="1 2" AGG_PATCH_EMBED=conv AGG_IMG=56 AGG_DEPTH=2 AGG_DIM=64 RES=64 MEM_RES=64
-  COMPILE_RES=64 MODELS="vits16" T_EAGER=600 T_COMPILE=600 T_MEMORY=600 T_AGGREGATOR=600
+  COMPILE_RES=64 MODELS="vits16"
+  : "${T_EAGER:=600}" "${T_COMPILE:=600}" "${T_MEMORY:=600}" "${T_AGGREGATOR:=600}"
 fi
+T_EAGER="${T_EAGER:-120}" T_COMPILE="${T_COMPILE:-210}" T_MEMORY="${T_MEMORY:-60}" T_AGGREGATOR="${T_AGGREGATOR:-200}"
 [[ "$DEVICE" == "cpu" ]] && SDPA="default"
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 

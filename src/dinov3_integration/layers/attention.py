@@ -171,7 +171,12 @@ class SelfAttention(nn.Module):
             prefix = N - sin.shape[-2]
             if prefix < 0:
                 raise ValueError(f"RoPE tables cover {sin.shape[-2]} tokens but the sequence has only {N}")
-            rope_apply_(qkv[:, prefix:, :2], sin[:, None, None, :], cos[:, None, None, :])
+            sin, cos = sin[:, None, None, :], cos[:, None, None, :]
+            if qkv.dtype == sin.dtype:
+                rope_apply_(qkv[:, prefix:, :2], sin, cos)
+            else:  # bfloat16 q/k, float32 tables: one at a time halves the float32 temporaries (peak memory)
+                rope_apply_(qkv[:, prefix:, :1], sin, cos)
+                rope_apply_(qkv[:, prefix:, 1:2], sin, cos)
         q, k, v = (t.transpose(1, 2) for t in torch.unbind(qkv, 2))  # each [B, h, N, d], views of qkv
         q, k = self.q_norm(q), self.k_norm(k)
         if in_place and not no_qk_norm:

@@ -54,16 +54,23 @@ def rope_apply_(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
     products are formed (``-x2 * s1`` is exactly ``-(x2 * s1)`` and ``a + (-b)`` is exactly ``a - b`` in IEEE
     arithmetic), so the result is bit-identical, but without the two concatenations and with two half-size
     temporaries instead of five full-size ones. When ``x`` has a narrower float dtype than the tables (bfloat16
-    activations, float32 tables) the rotation runs in the tables' dtype on a copy that is rounded back, exactly as
-    ``x.to(sin.dtype)`` -> ``rope_apply`` -> ``.to(x.dtype)``. Not for tensors autograd needs.
+    activations, float32 tables) every product is formed in the tables' dtype and the result rounded back into ``x``,
+    exactly as ``x.to(sin.dtype)`` -> ``rope_apply`` -> ``.to(x.dtype)``. Not for tensors autograd needs.
     """
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
     if x.dtype != sin.dtype:
         if torch.promote_types(x.dtype, sin.dtype) != sin.dtype:
             raise ValueError(f"rope_apply_ cannot rotate {x.dtype} with lower-precision {sin.dtype} tables in place")
-        x.copy_(rope_apply_(x.to(sin.dtype), sin, cos))
+        # Mixed dtypes: each product is formed in the tables' dtype (type promotion upcasts x exactly), and the
+        # two new halves are rounded back into x at the end; three half-size temporaries at most, no full copy.
+        x1_s2 = x1 * sin[..., half:]
+        new1 = (x1 * cos[..., :half]).sub_(x2 * sin[..., :half])
+        new2 = (x2 * cos[..., half:]).add_(x1_s2)
+        del x1_s2
+        x1.copy_(new1)
+        x2.copy_(new2)
         return x
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
     x1_s2 = x1 * sin[..., half:]
     x2_s1 = x2 * sin[..., :half]
     x1.mul_(cos[..., :half]).sub_(x2_s1)
