@@ -2,7 +2,8 @@
 
 The fast paths run when gradients are disabled (``torch.no_grad`` / ``torch.inference_mode``): in-place RoPE inside
 the qkv buffer, in-place LayerScale + residual add in the block, in-place activations in the FFNs, and RoPE tables
-fetched once per forward in eval. They must be bit-identical to the autograd path, which is the reference
+fetched once per forward in eval, and inside a ViT forward one workspace buffer per role for all blocks with the
+residual stream updated in place. They must be bit-identical to the autograd path, which is the reference
 computation.
 """
 
@@ -15,6 +16,7 @@ from conftest import randomize_
 from dinov3_integration.layers import LayerScale, Mlp, RopePositionEmbedding, SelfAttention, SelfAttentionBlock
 from dinov3_integration.layers.ffn import SwiGLUFFN
 from dinov3_integration.layers.rope import rope_apply, rope_apply_
+from dinov3_integration.layers.workspace import Workspace, active_workspace, inference_workspace
 from dinov3_integration.models import DinoVisionTransformer
 
 TINY = {
@@ -355,3 +357,93 @@ def test_compiled_inductor_equals_eager() -> None:
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ workspace
+def test_workspace_buffer_is_reused_and_grows() -> None:
+    ws = Workspace()
+    like = torch.empty(0)
+    a = ws.buffer("wide", (4, 6), like)
+    b = ws.buffer("wide", (3, 8), like)  # 24 elements: same memory, another shape
+    assert b.shape == (3, 8) and b.data_ptr() == a.data_ptr()
+    c = ws.buffer("wide", (5, 6), like)  # larger: grown
+    assert c.shape == (5, 6) and c.is_contiguous()
+    assert ws.buffer("branch", (4, 6), like).data_ptr() != c.data_ptr()
+    assert ws.buffer("wide", (4, 6), torch.empty(0, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_workspace_ownership_is_by_identity() -> None:
+    ws = Workspace()
+    x = ws.own(torch.zeros(3))
+    assert ws.owns(x) and not ws.owns(x.view(3)) and not ws.owns(x.clone())
+    y = ws.own(torch.zeros(3), replacing=x)
+    assert ws.owns(y) and not ws.owns(x)
+
+
+def test_model_forward_reuses_workspace_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path really runs through the workspace: one "wide" and one "branch" buffer for all blocks.
+
+    "wide" holds qkv (3D) and then the MLP hidden activation (4D): it grows once, in the first block.
+    """
+    model = tiny_model(depth=3)
+    x = torch.randn(2, 3, 32, 48)
+    ptrs: dict[str, set[int]] = {}
+    original = Workspace.buffer
+
+    def spy(self, role, shape, like):
+        buf = original(self, role, shape, like)
+        ptrs.setdefault(role, set()).add(buf.data_ptr())
+        return buf
+
+    monkeypatch.setattr(Workspace, "buffer", spy)
+    expected = autograd_path(model.forward_features, x)
+    assert ptrs == {}  # not with autograd
+    with torch.inference_mode():
+        got = model.forward_features(x)
+    assert_equal_tree(got, expected)
+    assert set(ptrs) == {"wide", "branch"}
+    assert len(ptrs["wide"]) == 2 and len(ptrs["branch"]) == 1, ptrs
+    assert active_workspace() is None  # left when the forward returned
+
+
+def test_block_in_a_workspace_leaves_a_foreign_input_alone() -> None:
+    """A tensor the workspace does not own is never written, and results never alias a workspace buffer."""
+    blk = randomize_(SelfAttentionBlock(32, 2, init_values=1e-3, qkv_bias=True, mask_k_bias=True)).eval()
+    rope = RopePositionEmbedding(32, num_heads=2).eval()(H=2, W=3)
+    x = torch.randn(2, 7, 32)
+    x_before = x.clone()
+    expected = autograd_path(blk, x, rope)
+    with torch.no_grad(), inference_workspace() as ws:
+        out = blk(x, rope)
+        assert torch.equal(x, x_before) and ws.owns(out) and not ws.owns(x)
+        out_value = out.clone()
+        out2 = blk(out, rope)  # owned: updated in place
+        assert out2 is out
+        third = blk(x, rope)  # reuses the buffers the first call used
+    assert torch.equal(out_value, expected)
+    assert torch.equal(third, expected)
+    assert torch.equal(out2, autograd_path(blk, expected, rope))
+
+
+def test_block_hook_on_the_model_keeps_block_outputs() -> None:
+    """A hook on a block sees the residual stream, which the workspace path would update in place later."""
+    model = tiny_model(depth=3)
+    x = torch.randn(1, 3, 32, 32)
+
+    def run(enable_grad: bool) -> list[torch.Tensor]:
+        seen: list[torch.Tensor] = []
+        handle = model.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append(out))
+        with torch.set_grad_enabled(enable_grad):
+            seen.append(model(x))
+        handle.remove()
+        return [t.detach() for t in seen]
+
+    assert_equal_tree(run(False), run(True))
+
+
+def test_bfloat16_model_fast_path_matches_autograd_path() -> None:
+    model = tiny_model().to(torch.bfloat16)
+    x = torch.randn(2, 3, 32, 48, dtype=torch.bfloat16)
+    expected = autograd_path(model.forward_features, x)
+    with torch.inference_mode():
+        assert_equal_tree(model.forward_features(x), expected)

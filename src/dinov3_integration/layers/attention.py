@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ffn import _in_place_ok
+from . import workspace
 from .rope import rope_apply, rope_apply_, rope_apply_swapped
+from .workspace import _in_place_ok
 
 RopeArg = tuple[Tensor, Tensor] | Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None
 
@@ -64,9 +65,12 @@ class LinearKMaskedBias(nn.Linear):
             self.bias_mask.fill_(1)
             self.bias_mask[o // 3 : 2 * o // 3].fill_(0)
 
+    def masked_bias(self) -> Tensor | None:
+        """``bias * bias_mask`` (``[out_features]``), or None without a bias."""
+        return self.bias * self.bias_mask.to(self.bias.dtype) if self.bias is not None else None
+
     def forward(self, input: Tensor) -> Tensor:
-        masked_bias = self.bias * self.bias_mask.to(self.bias.dtype) if self.bias is not None else None
-        return F.linear(input, self.weight, masked_bias)
+        return F.linear(input, self.weight, self.masked_bias())
 
 
 class SelfAttention(nn.Module):
@@ -154,15 +158,13 @@ class SelfAttention(nn.Module):
     def compute_attention(self, x: Tensor, rope: RopeArg = None) -> Tensor:
         """Attention without the output projection: ``[B, N, D] -> [B, N, D]``."""
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # [B, N, 3, h, d]
         # Eager inference: rotate q and k in place (see the module docstring). Not under torch.compile
         # (_in_place_ok is False there): functionalising in-place updates of qkv views measured 1.6x slower
         # (compiled ViT-S/16) than the out-of-place path, which inductor fuses into one kernel anyway.
-        in_place = (
-            isinstance(rope, tuple)
-            and _widens(qkv.dtype, rope[0].dtype)
-            and _in_place_ok(self.qkv, self.q_norm, self.k_norm)  # a hook may hold qkv, q or k
-        )
+        fast = _in_place_ok(self.qkv, self.q_norm, self.k_norm)  # a hook may hold qkv, q or k
+        qkv = self._qkv_into_workspace(x) if fast else self.qkv(x)
+        qkv = qkv.reshape(B, N, 3, self.num_heads, self.head_dim)  # [B, N, 3, h, d]
+        in_place = fast and isinstance(rope, tuple) and _widens(qkv.dtype, rope[0].dtype)
         no_qk_norm = isinstance(self.q_norm, nn.Identity) and isinstance(self.k_norm, nn.Identity)
         if in_place and no_qk_norm:
             # q and k rotated together, as one [B, N_patch, 2, h, d] view of qkv: half the kernel launches of two
@@ -192,10 +194,22 @@ class SelfAttention(nn.Module):
             x = attn @ v
         return x.transpose(1, 2).reshape(B, N, C)
 
+    def _qkv_into_workspace(self, x: Tensor) -> Tensor:
+        """``self.qkv(x)``, written into the active workspace's ``"wide"`` buffer when that is exact (eager inference)."""
+        ws = workspace.active_workspace()
+        if ws is not None and type(self.qkv) in (nn.Linear, LinearKMaskedBias):
+            bias = self.qkv.masked_bias() if type(self.qkv) is LinearKMaskedBias else self.qkv.bias
+            if workspace.can_write_into(x, self.qkv.weight, bias):
+                return workspace.linear_into(ws, x, self.qkv.weight, bias, "wide")
+        return self.qkv(x)
+
     def forward(self, x: Tensor, attn_bias: None = None, rope: RopeArg = None) -> Tensor:
-        """``[B, N, D] -> [B, N, D]``. ``attn_bias`` exists for reference-signature compatibility and must be None."""
+        """``[B, N, D] -> [B, N, D]``. ``attn_bias`` exists for reference-signature compatibility and must be None.
+
+        Inside a ViT forward's workspace (eager inference) the result is the workspace's ``"branch"`` buffer.
+        """
         if attn_bias is not None:
             raise NotImplementedError("attention biases/masks are not supported; pass attn_bias=None")
         x = self.compute_attention(x, rope=rope)
-        x = self.proj(x)
+        x = workspace.linear(self.proj, x, "branch") if _in_place_ok(self.proj) else self.proj(x)
         return self.proj_drop(x)

@@ -15,8 +15,9 @@ from torch import Tensor, nn
 
 from .attention import RopeArg, SelfAttention
 from .drop_path import DropPath
-from .ffn import Mlp, _in_place_ok
+from .ffn import Mlp
 from .layer_scale import LayerScale
+from .workspace import Workspace, _in_place_ok, active_workspace
 
 
 class SelfAttentionBlock(nn.Module):
@@ -100,10 +101,30 @@ class SelfAttentionBlock(nn.Module):
             x = _drop_add_residual_subset(x, lambda t: self._attn_residual(t, rope), self.sample_drop_ratio)
             return _drop_add_residual_subset(x, self._ffn_residual, self.sample_drop_ratio)
         if not self.training and _in_place_ok(self.attn, self.mlp, self.ls1, self.ls2):
+            ws = active_workspace()
+            if ws is not None:  # inside a ViT forward: the branches come in workspace buffers
+                x = _add_branch_(ws, x, self.attn(self.norm1(x), rope=rope), self.ls1)
+                return _add_branch_(ws, x, self.mlp(self.norm2(x)), self.ls2)
             x = _scaled_residual_add_(self.attn(self.norm1(x), rope=rope), self.ls1, x)
             return _scaled_residual_add_(self.mlp(self.norm2(x)), self.ls2, x)
         x = x + self.drop_path(self._attn_residual(x, rope))
         return x + self.drop_path(self._ffn_residual(x))
+
+
+def _add_branch_(ws: Workspace, x: Tensor, branch: Tensor, ls: nn.Module) -> Tensor:
+    """``x + ls(branch)`` inside a workspace: added into ``x`` when ``ws`` owns it, else a fresh tensor ``ws`` owns.
+
+    ``branch`` may be a workspace buffer (overwritten here; the result never aliases it). ``x.add_(branch * gamma)``
+    adds the same two numbers as ``x + branch * gamma``; when the in-place add would round differently (``x`` narrower
+    than the scaled branch) or broadcast, the sum is computed out of place as in the plain path.
+    """
+    if type(ls) is LayerScale and branch.dtype == ls.gamma.dtype:
+        scaled = branch.mul_(ls.gamma)
+    else:
+        scaled = ls(branch)
+    if ws.owns(x) and scaled.shape == x.shape and torch.promote_types(x.dtype, scaled.dtype) == x.dtype:
+        return x.add_(scaled)
+    return ws.own(x + scaled, replacing=x)
 
 
 def _scaled_residual_add_(branch: Tensor, ls: nn.Module, x: Tensor) -> Tensor:

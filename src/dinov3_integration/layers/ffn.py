@@ -1,8 +1,9 @@
 """Feed-forward layers: the GELU MLP and DINOv3's SwiGLU.
 
-Inference fast path (eager, gradients disabled, no hooks): the activation runs in place on the hidden tensor (``gelu_`` / ``silu_``
-and ``mul_`` for the SwiGLU gate), saving one ``[..., hidden]`` allocation (the largest activation of a block) per
-call with bit-identical results.
+Inference fast path (eager, gradients disabled, no hooks): the activation runs in place on the hidden tensor
+(``gelu_`` / ``silu_`` and ``mul_`` for the SwiGLU gate), saving one ``[..., hidden]`` allocation (the largest
+activation of a block) per call, and inside the ViT's forward the linear layers write into its workspace (one buffer
+per role for all blocks, see :mod:`.workspace`); results are bit-identical.
 """
 
 from __future__ import annotations
@@ -13,34 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def _in_place_ok(*modules: nn.Module) -> bool:
-    """Whether the eager inference fast paths may overwrite fresh outputs of ``modules``.
-
-    True when gradients are disabled, no ``torch.compile`` tracing is under way (inductor plans its own buffers, and
-    the plain code, traced as is, compiles to the same or faster kernels with fewer guards) and no forward hook could
-    be holding one of those outputs.
-    """
-    return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not _forward_hooked(*modules)
-
-
-def _forward_hooked(*modules: nn.Module) -> bool:
-    """Whether a forward (pre-)hook could see an output of ``modules`` or their submodules (or a global hook is set).
-
-    The in-place fast paths overwrite fresh outputs; a hook may hold such an output (feature extraction), so the
-    fast paths step aside when any hook is registered.
-    """
-    from torch.nn.modules import module as module_lib
-
-    if module_lib._global_forward_hooks or module_lib._global_forward_pre_hooks:
-        return True
-    stack = list(modules)  # a plain walk: ~3x cheaper than Module.modules(), and this runs per block call
-    while stack:
-        m = stack.pop()
-        if m._forward_hooks or m._forward_pre_hooks:
-            return True
-        stack.extend(c for c in m._modules.values() if c is not None)
-    return False
+from . import workspace
+from .workspace import _in_place_ok
 
 
 class Mlp(nn.Module):
@@ -65,11 +40,14 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
+        if type(self.act) is nn.GELU and _in_place_ok(self):
+            # The hidden activation and the output in the forward's workspace when one is active (one buffer each
+            # for all blocks), otherwise fresh; GELU in place on it either way.
+            x = workspace.linear(self.fc1, x, "wide")
+            x = self.drop(torch._C._nn.gelu_(x, approximate=self.act.approximate))
+            return self.drop(workspace.linear(self.fc2, x, "branch"))
         x = self.fc1(x)
-        if type(self.act) is nn.GELU and _in_place_ok(self.fc1, self.act):
-            x = torch._C._nn.gelu_(x, approximate=self.act.approximate)  # in place on the fresh fc1 output
-        else:
-            x = self.act(x)
+        x = self.act(x)
         x = self.drop(x)
         x = self.fc2(x)
         x = self.drop(x)
@@ -115,7 +93,9 @@ class SwiGLUFFN(nn.Module):
         self.w3 = nn.Linear(hidden_features, out_features, bias=bias, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
-        if _in_place_ok(self.w1):
-            # In place on the fresh w1 output: silu_(w1 x) * (w2 x), the same products as below.
-            return self.w3(F.silu(self.w1(x), inplace=True).mul_(self.w2(x)))
+        if _in_place_ok(self):
+            # In place on the w1 output (fresh, or the workspace's buffer): silu_(w1 x) * (w2 x), the same products.
+            gate = F.silu(workspace.linear(self.w1, x, "wide"), inplace=True)
+            gate = gate.mul_(workspace.linear(self.w2, x, "wide2"))
+            return workspace.linear(self.w3, gate, "branch")
         return self.w3(F.silu(self.w1(x)) * self.w2(x))

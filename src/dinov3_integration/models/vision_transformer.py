@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -31,6 +32,7 @@ from ..layers import (
     SelfAttentionBlock,
     SwiGLUFFN,
 )
+from ..layers.workspace import Workspace, _in_place_ok, inference_workspace
 
 log = get_logger("models")
 
@@ -261,6 +263,18 @@ class DinoVisionTransformer(nn.Module):
         x = torch.cat([cls_token.expand(B, -1, -1), storage_tokens.expand(B, -1, -1), x], dim=1)
         return x, (H, W)
 
+    def _workspace(self) -> AbstractContextManager[Workspace | None]:
+        """A fresh :class:`~dinov3_integration.layers.workspace.Workspace` for one eager inference forward, else None.
+
+        In eval mode with gradients off, outside ``torch.compile`` and with no hook anywhere in the model (a hook
+        on a block could keep its output, which later blocks would then overwrite), the blocks reuse one buffer per
+        role for their large temporaries and update the token tensor in place: bit-identical outputs, far fewer
+        allocations and page faults (benchmarks/README.md).
+        """
+        if self.training or not _in_place_ok(self):
+            return nullcontext()
+        return inference_workspace()
+
     def _run_block(self, blk: nn.Module, x: Any, rope: Any) -> Any:
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return checkpoint(blk, x, rope, use_reentrant=False)
@@ -280,9 +294,12 @@ class DinoVisionTransformer(nn.Module):
         # in eval the tables are deterministic, so they are fetched once per forward instead of once per block
         # (under torch.compile, where the cache is bypassed, this keeps one table computation in the graph).
         ropes = None if self.training else [self.rope_embed(H=H, W=W) for H, W in grids]
-        for blk in self.blocks:
-            block_ropes = ropes if ropes is not None else [self.rope_embed(H=H, W=W) for H, W in grids]
-            xs = [self._run_block(blk, t, r) for t, r in zip(xs, block_ropes)]
+        with self._workspace() as ws:
+            if ws is not None:
+                xs = [ws.own(t) for t in xs]  # fresh token tensors: the blocks add their branches in place
+            for blk in self.blocks:
+                block_ropes = ropes if ropes is not None else [self.rope_embed(H=H, W=W) for H, W in grids]
+                xs = [self._run_block(blk, t, r) for t, r in zip(xs, block_ropes)]
         return [self._output_dict(x, masks, idx) for idx, (x, masks) in enumerate(zip(xs, masks_list))]
 
     def _output_dict(self, x: Tensor, masks: Tensor | None, idx: int) -> dict[str, Any]:
@@ -353,10 +370,13 @@ class DinoVisionTransformer(nn.Module):
         last = max(wanted)
         outputs: dict[int, Tensor] = {}
         rope = None if self.training else self.rope_embed(H=H, W=W)  # once per forward in eval (see above)
-        for i, blk in enumerate(self.blocks[: last + 1]):
-            x = self._run_block(blk, x, rope if rope is not None else self.rope_embed(H=H, W=W))
-            if i in wanted:
-                outputs[i] = x
+        with self._workspace() as ws:
+            if ws is not None:
+                ws.own(x)
+            for i, blk in enumerate(self.blocks[: last + 1]):
+                x = self._run_block(blk, x, rope if rope is not None else self.rope_embed(H=H, W=W))
+                if i in wanted:  # later blocks update an owned x in place: keep a copy
+                    outputs[i] = x.clone() if ws is not None and ws.owns(x) and i != last else x
         return [outputs[i] for i in wanted]
 
     def get_intermediate_layers(
