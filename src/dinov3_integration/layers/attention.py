@@ -127,15 +127,23 @@ class SelfAttention(nn.Module):
         if callable(rope):
             return rope(q, k)
         sin, cos = rope
-        q_dtype, k_dtype = q.dtype, k.dtype
-        q = q.to(dtype=sin.dtype)
-        k = k.to(dtype=sin.dtype)
         N = q.shape[-2]
         prefix = N - sin.shape[-2]
         if prefix < 0:
             raise ValueError(f"RoPE tables cover {sin.shape[-2]} tokens but the sequence has only {N}")
         # Under torch.compile the concatenation-free (bit-identical) form fuses into one vectorised kernel.
         rotate = rope_apply_swapped if torch.compiler.is_compiling() else rope_apply
+        if _widens(q.dtype, sin.dtype) and _widens(k.dtype, sin.dtype):
+            # Tables at least as wide as q/k (float32 tables; float32 or bfloat16 q/k): the reference's cast of the
+            # whole q/k to the tables' dtype and back is exact on the prefix rows, so only the patch rows are cast.
+            # Same values; under torch.compile the concatenation is then written in q/k's dtype directly instead of
+            # as a float32 buffer converted afterwards (measured in benchmarks/README.md).
+            q = torch.cat((q[:, :, :prefix, :], rotate(q[:, :, prefix:, :].to(sin.dtype), sin, cos).to(q.dtype)), -2)
+            k = torch.cat((k[:, :, :prefix, :], rotate(k[:, :, prefix:, :].to(sin.dtype), sin, cos).to(k.dtype)), -2)
+            return q, k
+        q_dtype, k_dtype = q.dtype, k.dtype
+        q = q.to(dtype=sin.dtype)
+        k = k.to(dtype=sin.dtype)
         q = torch.cat((q[:, :, :prefix, :], rotate(q[:, :, prefix:, :], sin, cos)), dim=-2)
         k = torch.cat((k[:, :, :prefix, :], rotate(k[:, :, prefix:, :], sin, cos)), dim=-2)
         return q.to(dtype=q_dtype), k.to(dtype=k_dtype)
