@@ -381,7 +381,7 @@ def test_workspace_ownership_is_by_identity() -> None:
 
 
 def test_model_forward_reuses_workspace_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fast path really runs through the workspace: one "wide" and one "branch" buffer for all blocks.
+    """The fast path really runs through the workspace: one buffer per role for all blocks.
 
     "wide" holds qkv (3D) and then the MLP hidden activation (4D): it grows once, in the first block.
     """
@@ -401,8 +401,8 @@ def test_model_forward_reuses_workspace_buffers(monkeypatch: pytest.MonkeyPatch)
     with torch.inference_mode():
         got = model.forward_features(x)
     assert_equal_tree(got, expected)
-    assert set(ptrs) == {"wide", "branch"}
-    assert len(ptrs["wide"]) == 2 and len(ptrs["branch"]) == 1, ptrs
+    assert set(ptrs) == {"wide", "branch", "rope1", "rope2"}
+    assert len(ptrs["wide"]) == 2 and all(len(ptrs[r]) == 1 for r in ("branch", "rope1", "rope2")), ptrs
     assert active_workspace() is None  # left when the forward returned
 
 

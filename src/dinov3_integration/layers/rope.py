@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .workspace import active_workspace
+
 RopeTables = tuple[Tensor, Tensor]  # (sin, cos), each [H*W, head_dim]
 
 ROPE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -55,7 +57,9 @@ def rope_apply_(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
     arithmetic), so the result is bit-identical, but without the two concatenations and with two half-size
     temporaries instead of five full-size ones. When ``x`` has a narrower float dtype than the tables (bfloat16
     activations, float32 tables) every product is formed in the tables' dtype and the result rounded back into ``x``,
-    exactly as ``x.to(sin.dtype)`` -> ``rope_apply`` -> ``.to(x.dtype)``. Not for tensors autograd needs.
+    exactly as ``x.to(sin.dtype)`` -> ``rope_apply`` -> ``.to(x.dtype)``. Inside an active
+    :class:`~dinov3_integration.layers.workspace.Workspace` (a ViT forward) the two same-dtype temporaries are written
+    into its reused ``"rope1"``/``"rope2"`` buffers. Not for tensors autograd needs.
     """
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
@@ -71,8 +75,13 @@ def rope_apply_(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
         x1.copy_(new1)
         x2.copy_(new2)
         return x
-    x1_s2 = x1 * sin[..., half:]
-    x2_s1 = x2 * sin[..., :half]
+    ws = active_workspace()
+    if ws is not None:  # the two temporaries in reused buffers (inside a ViT forward)
+        x1_s2 = torch.mul(x1, sin[..., half:], out=ws.buffer("rope1", x1.shape, x1))
+        x2_s1 = torch.mul(x2, sin[..., :half], out=ws.buffer("rope2", x2.shape, x2))
+    else:
+        x1_s2 = x1 * sin[..., half:]
+        x2_s1 = x2 * sin[..., :half]
     x1.mul_(cos[..., :half]).sub_(x2_s1)
     x2.mul_(cos[..., half:]).add_(x1_s2)
     return x

@@ -35,8 +35,9 @@ class Workspace:
     """One buffer per ``(role, dtype, device)``, and the tensors blocks may update in place.
 
     Roles used by the layers: ``"wide"`` (the ``qkv`` product, then the MLP hidden activation: never needed at the
-    same time, so they share memory), ``"wide2"`` (SwiGLU's second hidden tensor) and ``"branch"`` (the projections
-    back to ``D``: the attention's ``proj``, then the FFN's output).
+    same time, so they share memory), ``"wide2"`` (SwiGLU's second hidden tensor), ``"branch"`` (the projections
+    back to ``D``: the attention's ``proj``, then the FFN's output) and ``"rope1"``/``"rope2"`` (the two half-size
+    products of the in-place RoPE rotation).
     """
 
     def __init__(self) -> None:
