@@ -102,9 +102,10 @@ def build_impl(impl: str, name: str, state_dict: dict[str, Tensor]) -> nn.Module
     """One implementation of ``name`` (eval mode, float32, on CPU) loaded with ``state_dict`` (ours' format)."""
     from dinov3_integration.hub.formats import hf_config_from_kwargs, official_to_hf, official_to_timm
 
-    if impl == "ours":
+    if impl in ("ours", "ours-noworkspace"):
         model = create_model(name)
         model.load_state_dict(state_dict, strict=True)
+        model.use_workspace = impl == "ours"  # ours-noworkspace: what the workspace buys, measured side by side
     elif impl == "timm":
         import timm
 
@@ -135,7 +136,7 @@ def forward_fn(impl: str, module: Callable[..., Any]) -> Callable[[Tensor], Any]
 
 def patch_tokens(impl: str, module: nn.Module, x: Tensor, n_prefix: int) -> Tensor:
     """Normalised patch tokens ``[B, N, D]`` of one implementation (for the agreement check)."""
-    if impl == "ours":
+    if impl.startswith("ours"):
         return module.forward_features(x)["x_norm_patchtokens"]
     if impl == "timm":
         return module.forward_features(x)[:, n_prefix:]
@@ -326,7 +327,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", default="8", help="comma list of batch sizes")
     p.add_argument("--modes", default="eager,compile", help="comma list of eager, compile")
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32, bfloat16 (autocast)")
-    p.add_argument("--impls", default=",".join(IMPLS), help="comma list of ours, timm, transformers")
+    p.add_argument(
+        "--impls",
+        default=",".join(IMPLS),
+        help="comma list of ours, timm, transformers (and ours-noworkspace: ours with use_workspace=False)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per row (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per candidate before timing")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
@@ -465,7 +470,7 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
             groups.setdefault((r["model"], r["resolution"], r["batch"], r["mode"], r["dtype"]), {})[r["impl"]] = r
     lines = []
     for key, by_impl in groups.items():
-        peers = [r for i, r in by_impl.items() if i != "ours"]
+        peers = [r for i, r in by_impl.items() if not i.startswith("ours")]
         if "ours" not in by_impl or not peers:
             continue
         best = max(peers, key=lambda r: r["vs_ours"])

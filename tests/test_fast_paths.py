@@ -370,6 +370,19 @@ def test_workspace_buffer_is_reused_and_grows() -> None:
     assert c.shape == (5, 6) and c.is_contiguous()
     assert ws.buffer("branch", (4, 6), like).data_ptr() != c.data_ptr()
     assert ws.buffer("wide", (4, 6), torch.empty(0, dtype=torch.float64)).dtype == torch.float64
+    tail = ws.buffer("wide", (2, 3), like, offset=24)  # inside the 30 elements: the same memory, 24 in
+    assert tail.data_ptr() == c.data_ptr() + 24 * c.element_size()
+    grown = ws.buffer("wide", (2, 5), like, offset=24)  # past the end: new memory; c stays valid (its own storage)
+    assert grown.data_ptr() != c.data_ptr() + 24 * c.element_size() and ws.reserve("wide", 1, like).numel() == 34
+
+
+def test_rope_apply_inplace_with_scratch_is_bit_identical() -> None:
+    sin, cos = _tables(5, 8)
+    x = torch.randn(2, 5, 3, 8)[:, :, :2].transpose(1, 2)  # strided, like q/k inside qkv
+    expected = rope_apply(x.clone(), sin, cos)
+    scratch = (torch.full((2, 2, 5, 4), float("nan")), torch.full((2, 2, 5, 4), float("nan")))
+    got = rope_apply_(x, sin, cos, scratch=scratch)
+    assert got is x and torch.equal(x, expected)
 
 
 def test_workspace_ownership_is_by_identity() -> None:
@@ -383,27 +396,41 @@ def test_workspace_ownership_is_by_identity() -> None:
 def test_model_forward_reuses_workspace_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path really runs through the workspace: one buffer per role for all blocks.
 
-    "wide" holds qkv (3D) and then the MLP hidden activation (4D): it grows once, in the first block.
+    "wide" holds qkv (3D) with room for a RoPE temporary after it, then the MLP hidden activation (4D), all in one
+    allocation; "branch" the other RoPE temporary, then the projections back to D.
     """
     model = tiny_model(depth=3)
     x = torch.randn(2, 3, 32, 48)
-    ptrs: dict[str, set[int]] = {}
-    original = Workspace.buffer
+    ptrs: dict[str, set[int]] = {}  # role -> data pointers handed out
+    allocations: dict[str, set[int]] = {}  # role -> the role's underlying buffers
+    original_buffer, original_reserve = Workspace.buffer, Workspace.reserve
 
-    def spy(self, role, shape, like):
-        buf = original(self, role, shape, like)
+    def spy_buffer(self, role, shape, like, offset=0):
+        buf = original_buffer(self, role, shape, like, offset)
         ptrs.setdefault(role, set()).add(buf.data_ptr())
         return buf
 
-    monkeypatch.setattr(Workspace, "buffer", spy)
+    def spy_reserve(self, role, numel, like):
+        flat = original_reserve(self, role, numel, like)
+        allocations.setdefault(role, set()).add(flat.data_ptr())
+        return flat
+
+    monkeypatch.setattr(Workspace, "buffer", spy_buffer)
+    monkeypatch.setattr(Workspace, "reserve", spy_reserve)
     expected = autograd_path(model.forward_features, x)
     assert ptrs == {}  # not with autograd
     with torch.inference_mode():
         got = model.forward_features(x)
     assert_equal_tree(got, expected)
-    assert set(ptrs) == {"wide", "branch", "rope1", "rope2"}
-    assert len(ptrs["wide"]) == 2 and all(len(ptrs[r]) == 1 for r in ("branch", "rope1", "rope2")), ptrs
+    assert set(ptrs) == {"wide", "branch"}
+    assert len(ptrs["wide"]) == 2 and len(ptrs["branch"]) == 1, ptrs  # wide: qkv, and the RoPE temporary after it
+    assert all(len(a) == 1 for a in allocations.values()), allocations  # one allocation per role, never grown
     assert active_workspace() is None  # left when the forward returned
+    ptrs.clear()
+    model.use_workspace = False
+    with torch.inference_mode():
+        assert_equal_tree(model.forward_features(x), expected)
+    assert ptrs == {}
 
 
 def test_block_in_a_workspace_leaves_a_foreign_input_alone() -> None:

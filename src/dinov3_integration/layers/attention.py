@@ -183,7 +183,7 @@ class SelfAttention(nn.Module):
                 raise ValueError(f"RoPE tables cover {sin.shape[-2]} tokens but the sequence has only {N}")
             sin, cos = sin[:, None, None, :], cos[:, None, None, :]
             if qkv.dtype == sin.dtype:
-                rope_apply_(qkv[:, prefix:, :2], sin, cos)
+                rope_apply_(qkv[:, prefix:, :2], sin, cos, scratch=self._rope_scratch(qkv, prefix))
             else:  # bfloat16 q/k, float32 tables: one at a time halves the float32 temporaries (peak memory)
                 rope_apply_(qkv[:, prefix:, :1], sin, cos)
                 rope_apply_(qkv[:, prefix:, 1:2], sin, cos)
@@ -208,8 +208,27 @@ class SelfAttention(nn.Module):
         if ws is not None and type(self.qkv) in (nn.Linear, LinearKMaskedBias):
             bias = self.qkv.masked_bias() if type(self.qkv) is LinearKMaskedBias else self.qkv.bias
             if workspace.can_write_into(x, self.qkv.weight, bias):
+                # Room for qkv and, after it, one rotation temporary (see _rope_scratch), so that the buffer never
+                # grows while qkv is in use (which would briefly hold both the old and the new buffer).
+                rows = x.numel() // x.shape[-1]
+                ws.reserve("wide", rows * (self.qkv.weight.shape[0] + x.shape[-1]), x)
                 return workspace.linear_into(ws, x, self.qkv.weight, bias, "wide")
         return self.qkv(x)
+
+    @staticmethod
+    def _rope_scratch(qkv: Tensor, prefix: int) -> tuple[Tensor, Tensor] | None:
+        """Inside a workspace: room for the two temporaries of rotating ``qkv[:, prefix:, :2]`` (``[B, N, 3, h, d]``).
+
+        Both are ``[B, N - prefix, 2, h, d / 2]``: one in the ``"branch"`` buffer (free until ``proj`` runs), one in
+        the ``"wide"`` buffer after ``qkv``'s elements (free until the MLP's hidden activation is written there).
+        """
+        ws = workspace.active_workspace()
+        if ws is None:
+            return None
+        B, N, _, h, d = qkv.shape
+        shape = (B, N - prefix, 2, h, d // 2)
+        ws.reserve("branch", B * N * h * d, qkv)  # sized for proj's output right away (it comes next)
+        return ws.buffer("branch", shape, qkv), ws.buffer("wide", shape, qkv, offset=qkv.numel())
 
     def forward(self, x: Tensor, attn_bias: None = None, rope: RopeArg = None) -> Tensor:
         """``[B, N, D] -> [B, N, D]``. ``attn_bias`` exists for reference-signature compatibility and must be None.

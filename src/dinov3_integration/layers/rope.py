@@ -16,8 +16,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .workspace import active_workspace
-
 RopeTables = tuple[Tensor, Tensor]  # (sin, cos), each [H*W, head_dim]
 
 ROPE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -49,7 +47,7 @@ def rope_apply_swapped(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
     return (xv * cos.unflatten(-1, (2, half)) + xv.flip(-2) * sin_signed).flatten(-2)
 
 
-def rope_apply_(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
+def rope_apply_(x: Tensor, sin: Tensor, cos: Tensor, scratch: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """In-place :func:`rope_apply`: overwrite ``x`` (``[..., N, d]``, any strides) with its rotation; returns ``x``.
 
     With halves ``x = [x1 | x2]``, ``rope_apply`` computes ``[x1 c1 + (-x2) s1 | x2 c2 + x1 s2]``. Here the same
@@ -57,9 +55,9 @@ def rope_apply_(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
     arithmetic), so the result is bit-identical, but without the two concatenations and with two half-size
     temporaries instead of five full-size ones. When ``x`` has a narrower float dtype than the tables (bfloat16
     activations, float32 tables) every product is formed in the tables' dtype and the result rounded back into ``x``,
-    exactly as ``x.to(sin.dtype)`` -> ``rope_apply`` -> ``.to(x.dtype)``. Inside an active
-    :class:`~dinov3_integration.layers.workspace.Workspace` (a ViT forward) the two same-dtype temporaries are written
-    into its reused ``"rope1"``/``"rope2"`` buffers. Not for tensors autograd needs.
+    exactly as ``x.to(sin.dtype)`` -> ``rope_apply`` -> ``.to(x.dtype)``. ``scratch``: two tensors of the shape of
+    a half of ``x`` (``[..., N, d/2]``, ``x``'s dtype, sharing no memory with ``x``) to hold the two temporaries of the
+    same-dtype case instead of fresh allocations. Not for tensors autograd needs.
     """
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
@@ -75,10 +73,9 @@ def rope_apply_(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
         x1.copy_(new1)
         x2.copy_(new2)
         return x
-    ws = active_workspace()
-    if ws is not None:  # the two temporaries in reused buffers (inside a ViT forward)
-        x1_s2 = torch.mul(x1, sin[..., half:], out=ws.buffer("rope1", x1.shape, x1))
-        x2_s1 = torch.mul(x2, sin[..., :half], out=ws.buffer("rope2", x2.shape, x2))
+    if scratch is not None:
+        x1_s2 = torch.mul(x1, sin[..., half:], out=scratch[0])
+        x2_s1 = torch.mul(x2, sin[..., :half], out=scratch[1])
     else:
         x1_s2 = x1 * sin[..., half:]
         x2_s1 = x2 * sin[..., :half]

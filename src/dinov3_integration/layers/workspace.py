@@ -36,26 +36,32 @@ class Workspace:
 
     Roles used by the layers: ``"wide"`` (the ``qkv`` product, then the MLP hidden activation: never needed at the
     same time, so they share memory), ``"wide2"`` (SwiGLU's second hidden tensor), ``"branch"`` (the projections
-    back to ``D``: the attention's ``proj``, then the FFN's output) and ``"rope1"``/``"rope2"`` (the two half-size
-    products of the in-place RoPE rotation).
+    back to ``D``: the attention's ``proj``, then the FFN's output). The in-place RoPE rotation's two temporaries go
+    where nothing lives at that moment: the ``"branch"`` buffer and the part of ``"wide"`` after ``qkv``.
     """
 
     def __init__(self) -> None:
         self._buffers: dict[tuple, Tensor] = {}
         self._owned: dict[int, Tensor] = {}  # by id; the reference keeps the id from being reused
 
-    def buffer(self, role: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    def buffer(self, role: str, shape: tuple[int, ...], like: Tensor, offset: int = 0) -> Tensor:
         """An uninitialised contiguous ``shape`` tensor with ``like``'s dtype and device.
 
-        Every call with the same role returns (a view of) the same memory, grown when a larger ``shape`` comes.
+        Every call with the same role returns (a view of) the same memory, starting ``offset`` elements in (to use
+        the part of a role's buffer a smaller tensor leaves free); the memory grows when more is asked for (tensors
+        handed out before keep the old memory alive, so they stay valid).
         """
+        end = offset + math.prod(shape)
+        return self.reserve(role, end, like)[offset:end].view(shape)
+
+    def reserve(self, role: str, numel: int, like: Tensor) -> Tensor:
+        """Grow ``role``'s buffer (``like``'s dtype and device) to at least ``numel`` elements; returns it, flat."""
         key = (role, like.dtype, like.device)
-        numel = math.prod(shape)
         flat = self._buffers.get(key)
         if flat is None or flat.numel() < numel:
-            self._buffers.pop(key, None)  # free the smaller one first
+            self._buffers.pop(key, None)  # drop our reference to the smaller one first
             flat = self._buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
-        return flat[:numel].view(shape)
+        return flat
 
     def own(self, x: Tensor, replacing: Tensor | None = None) -> Tensor:
         """Mark ``x`` (a fresh tensor nobody else holds) as one blocks may update in place; returns ``x``.

@@ -80,7 +80,14 @@ class DinoVisionTransformer(nn.Module):
         untie_cls_and_patch_norms: a separate ``cls_norm`` for the CLS and storage tokens.
         untie_global_and_local_cls_norm: a ``local_cls_norm`` (training only) and split final norm calls.
         device: build on this device (``"meta"`` allocates nothing).
+
+    Attributes:
+        use_workspace: eager inference forwards (eval, no gradients, no hooks, not compiling) run the blocks in a
+            :class:`~dinov3_integration.layers.workspace.Workspace`: reused buffers and an in-place residual
+            stream, bit-identical outputs. Set False on an instance to run them without (comparisons, debugging).
     """
+
+    use_workspace: bool = True
 
     def __init__(
         self,
@@ -271,7 +278,7 @@ class DinoVisionTransformer(nn.Module):
         role for their large temporaries and update the token tensor in place: bit-identical outputs, far fewer
         allocations and page faults (benchmarks/README.md).
         """
-        if self.training or not _in_place_ok(self):
+        if self.training or not self.use_workspace or not _in_place_ok(self):
             return nullcontext()
         return inference_workspace()
 
