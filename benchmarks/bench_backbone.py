@@ -37,11 +37,13 @@ import argparse
 import contextlib
 import gc
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -93,9 +95,14 @@ def model_name(arg: str) -> str:
 
 
 def reference_state_dict(name: str, seed: int) -> dict[str, Tensor]:
-    """Our randomly initialised model's state dict (fixed seed): the weights every implementation loads."""
+    """Our randomly initialised model's state dict (fixed seed): the weights every implementation loads.
+
+    Laid out like every released checkpoint: ``qkv.bias_mask`` all zeros (a fresh model has ``[1, 0, 1]``), so that
+    each implementation does the work it does on real weights.
+    """
     torch.manual_seed(seed)
-    return create_model(name).state_dict()
+    state = create_model(name).state_dict()
+    return {k: torch.zeros_like(v) if k.endswith("qkv.bias_mask") else v for k, v in state.items()}
 
 
 def build_impl(impl: str, name: str, state_dict: dict[str, Tensor]) -> nn.Module:
@@ -319,6 +326,94 @@ def memory_rows(
                 row["peak_tensor_mb"] = out["profiler"] / 2**20
 
 
+# ------------------------------------------------------------------------------------------------ breakdown
+MATMUL_OPS = {"aten::addmm": 1, "aten::mm": 0, "aten::bmm": 0}  # op -> index of the first matrix in its inputs
+ATTENTION_PREFIX = "aten::_scaled_dot_product"
+
+
+def breakdown_rows(
+    name: str, x: Tensor, dtype_name: str, modules: dict[str, nn.Module], ceiling: MatmulCeiling, calls: int = 3
+) -> list[dict[str, Any]]:
+    """Where an eager CPU forward spends its time, from ``torch.profiler`` (``calls`` profiled forwards each).
+
+    Per implementation: the time in matrix products (``addmm``/``mm``/``bmm``: the linear layers, bias copy
+    included) with their GFLOP/s from the recorded shapes, the time in SDPA with its GFLOP/s (``4 B h N^2 d``), and
+    the rest (norms, activations, RoPE, residual adds, allocation). ``% ceil`` compares each GFLOP/s with the
+    matrix-product ceiling, measured here again: if everything but the matrix products took no time, the whole
+    model would reach the matrix products' ``% ceil``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    dtype = DTYPES[dtype_name]
+    ceiling_times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        ceiling()
+        ceiling_times.append(time.perf_counter() - t0)
+    ceil_gflops = ceiling.gflops(median(ceiling_times))
+    rows = []
+    for impl, module in modules.items():
+        fwd = forward_fn(impl, module)
+        with run_context(torch.device("cpu"), dtype, "default"):
+            fwd(x)  # warm-up
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                for _ in range(calls):
+                    fwd(x)
+        total = matmul_t = attn_t = matmul_flops = attn_flops = 0.0
+        for ev in prof.key_averages(group_by_input_shape=True):
+            t = ev.cpu_time_total * 1e-6  # seconds, children included (addmm's bias copy)
+            if ev.key in MATMUL_OPS:
+                a, b = ev.input_shapes[MATMUL_OPS[ev.key]], ev.input_shapes[MATMUL_OPS[ev.key] + 1]
+                matmul_t += t
+                matmul_flops += 2 * math.prod(a) * b[-1] * ev.count
+            elif ev.key.startswith(ATTENTION_PREFIX) and ev.key.endswith(("_cpu", "attention")):
+                B, h, N, d = ev.input_shapes[0]
+                attn_t += t
+                attn_flops += 4 * B * h * N * ev.input_shapes[1][2] * d * ev.count
+        total = sum(e.self_cpu_time_total for e in prof.key_averages()) * 1e-6
+        rows.append(
+            {
+                "model": name,
+                "resolution": x.shape[-1],
+                "batch": x.shape[0],
+                "dtype": dtype_name,
+                "impl": impl,
+                "ms": total / calls * 1e3,
+                "matmul_ms": matmul_t / calls * 1e3,
+                "matmul_share": matmul_t / total,
+                "matmul_frac_ceiling": matmul_flops / matmul_t / 1e9 / ceil_gflops if matmul_t else None,
+                "attention_ms": attn_t / calls * 1e3,
+                "attention_share": attn_t / total,
+                "attention_frac_ceiling": attn_flops / attn_t / 1e9 / ceil_gflops if attn_t else None,
+                "other_ms": (total - matmul_t - attn_t) / calls * 1e3,
+                "other_share": (total - matmul_t - attn_t) / total,
+                "ceiling_gflops": ceil_gflops,
+            }
+        )
+    return rows
+
+
+def print_breakdown(rows: list[dict[str, Any]]) -> None:
+    r0 = rows[0]
+    print(
+        f"\n-- time breakdown (torch.profiler, eager {r0['dtype']}): {r0['model']} @ {r0['resolution']}, batch "
+        f"{r0['batch']}; ceiling {r0['ceiling_gflops']:.0f} GFLOP/s"
+    )
+    columns = [
+        ("impl", "impl", "{}"),
+        ("ms", "ms/call", "{:.1f}"),
+        ("matmul_ms", "matmul ms", "{:.1f}"),
+        ("matmul_share", "share", "{:.0%}"),
+        ("matmul_frac_ceiling", "% ceil", "{:.0%}"),
+        ("attention_ms", "SDPA ms", "{:.1f}"),
+        ("attention_share", "share", "{:.0%}"),
+        ("attention_frac_ceiling", "% ceil", "{:.0%}"),
+        ("other_ms", "other ms", "{:.1f}"),
+        ("other_share", "share", "{:.0%}"),
+    ]
+    print(format_table(rows, columns))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", default="vits16,vitb16", help="comma list of vits16, vitb16, vitl16")
@@ -342,6 +437,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory", default="auto", choices=["auto", "rss", "profiler", "both", "none"],
                    help="peak-memory method (auto: cuda on CUDA, rss on CPU)")  # fmt: skip
     p.add_argument("--memory-only", action="store_true", help="skip the timing, measure peak memory only")
+    p.add_argument("--breakdown", action="store_true", help="also profile each eager forward (CPU): time in "
+                   "matrix products, in SDPA and in the rest, with their GFLOP/s")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the shared random weights")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="also write the results as JSON to PATH (no PATH: standard output)")  # fmt: skip
@@ -428,6 +525,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     for dtype_name in dtypes:
                         memory_rows(name, x, dtype_name, modules, rows, memory, weights, args, device, threads)
                 print_rows(name, res, batch, model_info(name, res).flops, rows, memory)
+                if args.breakdown and device.type == "cpu":
+                    for dtype_name in dtypes:
+                        if dtype_name not in ceilings:
+                            ceilings[dtype_name] = MatmulCeiling(device, DTYPES[dtype_name])
+                        brows = breakdown_rows(name, x, dtype_name, modules, ceilings[dtype_name])
+                        print_breakdown(brows)
+                        report.setdefault("breakdown", []).extend(brows)
                 report["rows"].extend(rows)
                 if args.json and args.json != "-":
                     write_json(args.json, report)  # after every table, so that an interrupted run keeps its results

@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from conftest import randomize_
-from dinov3_integration.layers import LayerScale, Mlp, RopePositionEmbedding, SelfAttention, SelfAttentionBlock
+from dinov3_integration.layers import (
+    LayerScale,
+    LinearKMaskedBias,
+    Mlp,
+    RopePositionEmbedding,
+    SelfAttention,
+    SelfAttentionBlock,
+)
 from dinov3_integration.layers.ffn import SwiGLUFFN
 from dinov3_integration.layers.rope import rope_apply, rope_apply_
 from dinov3_integration.layers.workspace import Workspace, active_workspace, inference_workspace
@@ -474,3 +481,55 @@ def test_bfloat16_model_fast_path_matches_autograd_path() -> None:
     expected = autograd_path(model.forward_features, x)
     with torch.inference_mode():
         assert_equal_tree(model.forward_features(x), expected)
+
+
+# ------------------------------------------------------------------------------------------------ zero masked bias
+def zero_mask_model() -> DinoVisionTransformer:
+    """Like the released checkpoints: ``qkv.bias_mask`` all zeros (loaded with the state dict)."""
+    model = tiny_model()
+    state = model.state_dict()
+    for k in state:
+        if k.endswith("qkv.bias_mask"):
+            state[k] = torch.zeros_like(state[k])
+    model.load_state_dict(state)
+    return model
+
+
+def test_vanishing_masked_bias_is_skipped_only_without_gradients() -> None:
+    model = zero_mask_model()
+    qkv = model.blocks[0].attn.qkv
+    assert qkv.effective_bias() is not None  # gradients on: the reference computation
+    with torch.no_grad():
+        assert qkv.effective_bias() is None
+    x = torch.randn(2, 3, 32, 48)
+    expected = autograd_path(model.forward_features, x)
+    with torch.inference_mode():
+        assert_equal_tree(model.forward_features(x), expected)
+    model.use_workspace = False
+    with torch.no_grad():
+        assert_equal_tree(model.forward_features(x), expected)
+
+
+def test_vanishing_masked_bias_is_rechecked_after_changes() -> None:
+    qkv = randomize_(LinearKMaskedBias(8, 24))
+    with torch.no_grad():
+        assert qkv.effective_bias() is not None  # mask [1, 0, 1]
+        qkv.bias_mask.zero_()
+        assert qkv.effective_bias() is None
+        qkv.bias[0] = float("nan")  # NaN * 0 is NaN: the reference output is NaN, so the bias is kept
+        assert qkv.effective_bias() is not None
+        qkv.bias[0] = 1.0
+        assert qkv.effective_bias() is None
+        qkv.reset_bias_mask()
+        assert torch.equal(qkv.effective_bias(), qkv.masked_bias())
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compiled_model_with_vanishing_masked_bias_equals_eager(backend: str) -> None:
+    model = zero_mask_model()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend, dynamic=False)
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), atol=1e-6, rtol=0)
+    torch.testing.assert_close(compiled(x), autograd_path(model, x), atol=1e-6, rtol=0)
