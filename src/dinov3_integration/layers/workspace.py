@@ -6,16 +6,16 @@ branch. On a CPU each fresh allocation above glibc's mmap threshold (at most 32 
 fault on first touch, and smaller ones fault too whenever glibc trims the heap between blocks: at 512x512 a ViT-S/16
 forward (batch 8) took ~300k page faults, ~15 % of its time (benchmarks/README.md).
 
-A :class:`Workspace` (entered by the ViT around its blocks, one per forward; ``with inference_workspace(): ...``) gives each
-role one buffer that every block reuses, and lets a block add its branches into the residual stream in place when
-the stream is a tensor the workspace owns (the ViT's fresh token tensor, see :meth:`Workspace.own`). Outputs are
-bit-identical: ``torch.addmm(b, x, W.t(), out=buf)`` is the call ``F.linear`` makes for a contiguous input, and
-``x.add_(branch * gamma)`` adds the same two numbers as ``branch * gamma + x``.
+A :class:`Workspace` (entered by the ViT around its blocks, one per forward: ``with inference_workspace(): ...``)
+gives each role one buffer that every block reuses, and lets a block add its branches into the residual stream in
+place when the stream is a tensor the workspace owns (the ViT's fresh token tensor, see :meth:`Workspace.own`).
+Outputs are bit-identical: ``torch.addmm(b, x, W.t(), out=buf)`` is the call ``F.linear`` makes for a contiguous
+input, and ``x.add_(branch * gamma)`` adds the same two numbers as ``branch * gamma + x``.
 
 Only the eager inference paths use it (no autograd, no ``torch.compile`` tracing, no hooks: callers check
-:func:`_in_place_ok`). Linear layers write into the workspace only on the CPU, for
-plain ``nn.Linear`` modules (subclasses and parametrised weights keep their own forward) and outside autocast
-(``out=`` variants are not autocast); otherwise :func:`linear` is ``F.linear``.
+:func:`_in_place_ok`). Linear layers write into the workspace only on the CPU, for plain ``nn.Linear`` modules
+(subclasses and parametrised weights keep their own forward) and outside autocast (``out=`` variants are not
+autocast); otherwise :func:`linear` is ``F.linear``.
 """
 
 from __future__ import annotations
