@@ -43,7 +43,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +64,7 @@ from _common import (  # noqa: E402
     profiler_peak_bytes,
     reset_rss_high_water,
     rss_high_water,
+    time_call,
     write_json,
 )
 
@@ -328,7 +328,13 @@ def memory_rows(
 
 # ------------------------------------------------------------------------------------------------ breakdown
 MATMUL_OPS = {"aten::addmm": 1, "aten::mm": 0, "aten::bmm": 0}  # op -> index of the first matrix in its inputs
-ATTENTION_PREFIX = "aten::_scaled_dot_product"
+# the fused SDPA kernels (the math fallback is made of bmm calls, counted as matrix products)
+ATTENTION_OPS = {
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention",
+    "aten::_scaled_dot_product_efficient_attention",
+    "aten::_scaled_dot_product_cudnn_attention",
+}
 
 
 def breakdown_rows(
@@ -345,12 +351,7 @@ def breakdown_rows(
     from torch.profiler import ProfilerActivity, profile
 
     dtype = DTYPES[dtype_name]
-    ceiling_times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        ceiling()
-        ceiling_times.append(time.perf_counter() - t0)
-    ceil_gflops = ceiling.gflops(median(ceiling_times))
+    ceil_gflops = ceiling.gflops(median([time_call(ceiling, "cpu") for _ in range(5)]))
     rows = []
     for impl, module in modules.items():
         fwd = forward_fn(impl, module)
@@ -359,14 +360,14 @@ def breakdown_rows(
             with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                 for _ in range(calls):
                     fwd(x)
-        total = matmul_t = attn_t = matmul_flops = attn_flops = 0.0
+        matmul_t = attn_t = matmul_flops = attn_flops = 0.0
         for ev in prof.key_averages(group_by_input_shape=True):
             t = ev.cpu_time_total * 1e-6  # seconds, children included (addmm's bias copy)
             if ev.key in MATMUL_OPS:
                 a, b = ev.input_shapes[MATMUL_OPS[ev.key]], ev.input_shapes[MATMUL_OPS[ev.key] + 1]
                 matmul_t += t
                 matmul_flops += 2 * math.prod(a) * b[-1] * ev.count
-            elif ev.key.startswith(ATTENTION_PREFIX) and ev.key.endswith(("_cpu", "attention")):
+            elif ev.key in ATTENTION_OPS:
                 B, h, N, d = ev.input_shapes[0]
                 attn_t += t
                 attn_flops += 4 * B * h * N * ev.input_shapes[1][2] * d * ev.count

@@ -4,7 +4,7 @@ Every block of a ViT allocates the same large temporaries: the fused ``qkv`` pro
 activation ``[B, N, 4D]`` and the two branch outputs ``[B, N, D]``, and a new residual stream ``[B, N, D]`` per
 branch. On a CPU each fresh allocation above glibc's mmap threshold (at most 32 MiB) is a fresh mapping whose pages
 fault on first touch, and smaller ones fault too whenever glibc trims the heap between blocks: at 512x512 a ViT-S/16
-forward (batch 8) took ~300k page faults, ~15 % of its time (benchmarks/README.md).
+forward (batch 8) took 200-300k page faults; without them it runs 1.08x as fast (benchmarks/README.md).
 
 A :class:`Workspace` (entered by the ViT around its blocks, one per forward: ``with inference_workspace(): ...``)
 gives each role one buffer that every block reuses, and lets a block add its branches into the residual stream in
