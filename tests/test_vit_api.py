@@ -81,6 +81,36 @@ def test_intermediate_layers_int_and_list(tiny) -> None:
 
 
 @pytest.mark.parametrize(
+    ("n", "pattern"),
+    [
+        ([], r"n=\[\] names no layer"),
+        ([1.5], r"1\.5 is not an integer"),
+        (True, r"n=True: pass an int \(the last n blocks\)"),
+        ([True], r"True is not an integer"),
+        (0, r"n=0 asks for the last 0 blocks.*valid: 1\.\.2"),
+        ([-3], r"index -3 is out of range for 2 blocks"),
+        ("1", r"n='1': pass an int"),
+        (1.0, r"n=1.0: pass an int"),
+    ],
+)
+def test_intermediate_layer_index_errors(tiny, n, pattern) -> None:
+    """issue 14 item 15 / issue 11 item 4: bad ``n`` values raise a clear ValueError (utils.indices rule)."""
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=pattern):
+        tiny.get_intermediate_layers(x, n=n)
+
+
+def test_intermediate_layer_indices_negative_and_duplicates(tiny) -> None:
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = tiny.get_intermediate_layers(x, n=[0, 1], norm=False)
+        same = tiny.get_intermediate_layers(x, n=[-2, 1, -1], norm=False)
+    assert len(same) == 2
+    for a, b in zip(ref, same):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
     ("x", "exc", "pattern"),
     [
         (torch.randn(3, 32, 32), ValueError, r"4-D image batch \[B, 3, H, W\], got shape \(3, 32, 32\).*x\[None\]"),

@@ -33,6 +33,7 @@ from ..layers import (
     SwiGLUFFN,
 )
 from ..layers.workspace import Workspace, _in_place_ok, inference_workspace
+from ..utils.indices import resolve_layer_indices
 
 log = get_logger("models")
 
@@ -358,18 +359,12 @@ class DinoVisionTransformer(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ layers
     def _block_indices(self, n: int | Sequence[int]) -> list[int]:
-        depth = len(self.blocks)
-        if isinstance(n, int):
-            if not 1 <= n <= depth:
-                raise ValueError(f"n={n} asks for the last {n} blocks, but the model has {depth}")
-            return list(range(depth - n, depth))
-        indices = set()
-        for i in n:
-            j = int(i) + depth if int(i) < 0 else int(i)
-            if not 0 <= j < depth:
-                raise ValueError(f"block index {i} is out of range for a model with {depth} blocks")
-            indices.add(j)
-        return sorted(indices)  # block order, as the reference collects them
+        """``n`` (an int: the last ``n`` blocks; a sequence: block indices) as sorted block indices.
+
+        Parsed by :func:`~dinov3_integration.utils.indices.resolve_layer_indices` (the one rule): out of range,
+        empty, ``bool`` and non-integral values raise ``ValueError``; outputs come in block order.
+        """
+        return resolve_layer_indices(n, len(self.blocks), what="n", unit="blocks")
 
     def _get_intermediate_layers_not_chunked(self, x: Tensor, n: int | Sequence[int] = 1) -> list[Tensor]:
         x, (H, W) = self.prepare_tokens_with_masks(x)

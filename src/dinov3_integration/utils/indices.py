@@ -25,32 +25,42 @@ def _as_int(value: object, what: str) -> int:
     return int(value)
 
 
-def resolve_index(index: object, depth: int, what: str = "layer index") -> int:
-    """Return ``index`` (negative counts from the end) as a non-negative index below ``depth``."""
+def resolve_index(index: object, depth: int, what: str = "layer index", *, unit: str = "layers") -> int:
+    """Return ``index`` (negative counts from the end) as a non-negative index below ``depth``.
+
+    ``unit`` names what is counted in the error message (``"layers"``, ``"blocks"``).
+    """
     i = _as_int(index, what)
     j = i + depth if i < 0 else i
     if not 0 <= j < depth:
-        raise ValueError(f"{what} {i} is out of range for {depth} layers (valid: 0..{depth - 1} or -{depth}..-1)")
+        raise ValueError(f"{what} {i} is out of range for {depth} {unit} (valid: 0..{depth - 1} or -{depth}..-1)")
     return j
 
 
 def resolve_layer_indices(
-    spec: int | Iterable[object], depth: int, *, what: str = "layers", sort: bool = True, unique: bool = True
+    spec: int | Iterable[object],
+    depth: int,
+    *,
+    what: str = "layers",
+    sort: bool = True,
+    unique: bool = True,
+    unit: str = "layers",
 ) -> list[int]:
     """Resolve ``spec`` (an ``int`` "last n", or a sequence of indices) against ``depth`` layers.
 
-    Returns non-negative indices, sorted and de-duplicated unless ``sort``/``unique`` say otherwise.
+    Returns non-negative indices, sorted and de-duplicated unless ``sort``/``unique`` say otherwise. ``what`` is
+    the argument's name and ``unit`` what is counted (``"layers"``, ``"blocks"``), both for the error messages.
     """
     if isinstance(spec, bool):
-        raise ValueError(f"{what}={spec!r}: pass an int (the last n layers) or a list of layer indices")
+        raise ValueError(f"{what}={spec!r}: pass an int (the last n {unit}) or a list of layer indices")
     if isinstance(spec, numbers.Integral):
         n = int(spec)
         if not 1 <= n <= depth:
-            raise ValueError(f"{what}={n} asks for the last {n} layers, but there are {depth} (valid: 1..{depth})")
+            raise ValueError(f"{what}={n} asks for the last {n} {unit}, but there are {depth} (valid: 1..{depth})")
         return list(range(depth - n, depth))
     if isinstance(spec, (str, bytes)) or not isinstance(spec, Iterable):
-        raise ValueError(f"{what}={spec!r}: pass an int (the last n layers) or a list of layer indices")
-    out = [resolve_index(i, depth, f"{what}: index") for i in spec]
+        raise ValueError(f"{what}={spec!r}: pass an int (the last n {unit}) or a list of layer indices")
+    out = [resolve_index(i, depth, f"{what}: index", unit=unit) for i in spec]
     if not out:
         raise ValueError(f"{what}=[] names no layer; pass at least one index (e.g. [-1] for the last)")
     if unique:
