@@ -6,7 +6,8 @@ round trip. Also shows the error for a mistyped key.
 
     PYTHONPATH=src python examples/config_driven.py                          # variant "video", tiny sizes
     PYTHONPATH=src python examples/config_driven.py --variant lightweight
-    PYTHONPATH=src python examples/config_driven.py --config my.yaml --set model.aggregator.enabled=true
+    PYTHONPATH=src python examples/config_driven.py --config my.yaml         # your file as it is (no variant)
+    PYTHONPATH=src python examples/config_driven.py --config my.yaml --variant fast --set model.aggregator.enabled=true
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from dinov3_integration.config import ConfigError, build_model, list_variants, load_config, save_config
+from dinov3_integration import build_model
+from dinov3_integration.config import ConfigError, list_variants, load_config, save_config
 
 TINY = [
     "model.backbone.overrides={depth: 2, embed_dim: 64, num_heads: 4}",
@@ -32,17 +34,22 @@ TINY = [
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="a YAML file (default: the packaged dinov3_config.yaml)")
-    parser.add_argument("--variant", default="video", help=f"variant to apply (packaged: {', '.join(list_variants())})")
+    parser.add_argument(
+        "--variant",
+        default=None,
+        help="a variant of the file to apply (default: 'video' for the packaged file, none for --config; packaged: "
+        f"{', '.join(list_variants())})",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override (repeat)")
     parser.add_argument("--full", action="store_true", help="do not add the tiny-size overrides")
     args = parser.parse_args(argv)
 
     overrides = ([] if args.full else TINY) + args.set
-    config = (
-        load_config(args.config, overrides, variant=args.variant)
-        if args.config
-        else load_config(args.variant, overrides)
-    )
+    variant = args.variant or None  # --variant '' means none
+    if args.config is None and args.variant is None:
+        variant = "video"
+    source = args.config if args.config is not None else variant
+    config = load_config(source, overrides, variant=variant if args.config is not None else None)
     print(f"loaded: {config.source}")
     print(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None).rstrip())
 
@@ -62,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"saved to_config() to {path.name} and rebuilt it: identical config = {same}")
 
     try:
-        load_config(args.variant, ["model.aggregator.depht=3"])
+        load_config(source, ["model.aggregator.depht=3"], variant=variant if args.config is not None else None)
     except ConfigError as err:
         print(f"a mistyped key is rejected before building:\n  {err}")
 

@@ -33,3 +33,17 @@ def test_example_runs(script: Path):
     )
     assert result.returncode == 0, f"{script.name} failed:\n{result.stdout}\n{result.stderr}"
     assert EXPECTED[script.name] in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("extra", [[], ["--variant", ""]], ids=["no-variant", "empty-variant"])
+def test_config_driven_with_a_users_file(tmp_path: Path, extra: list[str]):
+    """Issue 13 item 6: ``--config my.yaml`` (a file without the packaged variants) must not apply ``video``."""
+    (tmp_path / "my.yaml").write_text("model:\n  backbone:\n    dinov3_model: dinov3_vits16\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "config_driven.py"), "--config", str(tmp_path / "my.yaml"), *extra],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert f"loaded: {tmp_path / 'my.yaml'} + 5 override(s)" in result.stdout
+    assert "identical config = True" in result.stdout and "did you mean 'depth'" in result.stdout

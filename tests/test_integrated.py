@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dinov3_integration.config import ConfigError, build_model, load_config, save_config
+from dinov3_integration import build_model
+from dinov3_integration.config import ConfigError, load_config, save_config
 from dinov3_integration.integrated import DINOv3IntegratedModel
 from dinov3_integration.models import IMAGENET_MEAN, SAT_MEAN
 from dinov3_integration.vggt_compat import Aggregator
@@ -301,3 +302,78 @@ def test_constructor_errors_name_the_argument(kwargs, match):
 def test_unknown_backbone_name_suggests():
     with pytest.raises(ConfigError, match=r"dinov3_model = 'dinov3_vits15': unknown model .*'dinov3_vits16'"):
         DINOv3IntegratedModel("dinov3_vits15")
+
+
+# ---------------------------------------------------------------------------------------------------- redesign
+def _block_runs(model: DINOv3IntegratedModel, x: torch.Tensor) -> tuple[int, int]:
+    """How often the first backbone block and the first frame block run in one forward + backward (2 = recomputed
+    by gradient checkpointing)."""
+    counts = [0, 0]
+    hooks = [
+        block.register_forward_pre_hook(lambda *_, i=i: counts.__setitem__(i, counts[i] + 1))
+        for i, block in enumerate((model.backbone.blocks[0], model.aggregator.frame_blocks[0]))
+    ]
+    try:
+        model(x)["features"].sum().backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts[0], counts[1]
+
+
+def test_gradient_checkpointing_defaults_to_training_mode_like_vggt():
+    x = images(1, 2)
+    model = tiny(use_aggregator=True)  # gradient_checkpointing left at its default (None)
+    assert model.to_config().model.gradient_checkpointing is None
+    model.train()
+    assert model.backbone.gradient_checkpointing and model.aggregator.gradient_checkpointing
+    assert _block_runs(model, x) == (2, 2)  # recomputed in the backward pass
+    model.eval()
+    assert not model.backbone.gradient_checkpointing and not model.aggregator.gradient_checkpointing
+    assert _block_runs(model, x) == (1, 1)  # eval with gradients (e.g. attribution): nothing recomputed
+    for explicit, runs in ((False, (1, 1)), (True, (2, 2))):
+        model = tiny(use_aggregator=True, gradient_checkpointing=explicit)
+        for mode in (True, False):
+            model.train(mode)
+            assert _block_runs(model, x) == runs  # an explicit switch wins over the mode
+    model.set_gradient_checkpointing(None)
+    assert not model.train(False).backbone.gradient_checkpointing and model.train().backbone.gradient_checkpointing
+    with pytest.raises(TypeError, match="True, False or None"):
+        model.set_gradient_checkpointing("yes")
+
+
+def test_build_model_lives_in_integrated_old_path_is_deprecated():
+    import dinov3_integration
+    import dinov3_integration.config as config_pkg
+    from dinov3_integration.integrated import build_model as owner
+
+    assert dinov3_integration.build_model is owner
+    with pytest.warns(DeprecationWarning, match="use dinov3_integration.build_model"):
+        assert config_pkg.build_model is owner
+    with pytest.raises(AttributeError):
+        config_pkg.no_such_name  # noqa: B018
+
+
+def test_build_aggregator_is_the_integrated_models_assembly():
+    from dinov3_integration.integrated import build_aggregator
+
+    model = tiny(use_aggregator=True)
+    torch.manual_seed(0)
+    backbone = DINOv3IntegratedModel("dinov3_vits16", backbone_overrides=TINY_BB, img_size=32).backbone
+    backbone.load_state_dict(model.backbone.state_dict())
+    agg = build_aggregator(backbone, depth=2, img_size=32, pad_output_list=True).eval()
+    agg.load_state_dict(model.aggregator.state_dict())
+    assert agg.patch_embed is backbone and (agg.patch_size, agg.embed_dim, agg.num_heads) == (16, 64, 4)
+    x = images(1, 2)
+    torch.testing.assert_close(agg(x)[0][-1], model(x)["features"], rtol=0, atol=0)
+    torch.testing.assert_close(torch.tensor(agg.normalization[0]), torch.tensor(IMAGENET_MEAN))
+    assert build_aggregator(backbone, depth=2, normalization="sat").normalization[0] == pytest.approx(SAT_MEAN)
+    assert build_aggregator(backbone, depth=2, normalization=None).normalization == ((0.0,) * 3, (1.0,) * 3)
+    pair = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert build_aggregator(backbone, depth=2, normalization=pair).normalization == pair
+    with pytest.raises(ValueError, match="unknown normalization 'imagnet'; use one of auto, imagenet, sat"):
+        build_aggregator(backbone, depth=2, normalization="imagnet")
+    with pytest.raises(ValueError, match="3 values each"):
+        build_aggregator(backbone, depth=2, normalization=((0.5,), (0.5,)))
+    with pytest.raises(TypeError, match="first argument"):
+        build_aggregator(backbone, patch_embed="conv")

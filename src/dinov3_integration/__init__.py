@@ -23,7 +23,7 @@ _EXPORTS = {
     "Aggregator": "vggt_compat",
     "DINOv3IntegratedModel": "integrated",
     "load_config": "config",
-    "build_model": "config",
+    "build_model": "integrated",
     "save_config": "config",
     "ConfigError": "config",
     "DINOv3Config": "config",

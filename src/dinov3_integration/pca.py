@@ -1,6 +1,6 @@
 """PCA visualisation of dense DINOv3 features (the "rainbow" pictures of the official ``notebooks/pca.ipynb``).
 
-Recipe (docs/peers.md section 3.4), with one substitution:
+Recipe (as in the notebook), with one substitution:
 
 1. last-layer patch features, normed (``get_intermediate_layers(norm=True)``), at a high resolution (768 px in the
    notebook);

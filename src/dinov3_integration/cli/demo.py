@@ -65,9 +65,14 @@ def find_local_weights(model: str) -> tuple[str | None, str]:
 
 
 def _run(argv: list[str]) -> int:
-    from .main import build_parser
+    """Run ``dinov3 extract ...`` or ``dinov3 pca ...`` (``argv`` without ``dinov3``) in this process."""
+    from . import extract, pca_cmd
 
-    args = build_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(prog="dinov3")
+    sub = parser.add_subparsers(dest="command", required=True)
+    extract.add_parser(sub)
+    pca_cmd.add_parser(sub)
+    args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -1,4 +1,4 @@
-"""Loading, merging, saving configurations and building models from them.
+"""Loading, merging and saving configurations (the packaged ones live in ``config/presets/``).
 
 Precedence (later wins): schema defaults < the file < the chosen variant < dotted overrides. Mappings merge key
 by key; lists and scalars are replaced. Every value remembers where it came from, so a :class:`ConfigError`
@@ -12,15 +12,12 @@ import difflib
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from .._logging import get_logger
 from .schema import ConfigError, DINOv3Config, Origins, config_from_dict, validate_config
-
-if TYPE_CHECKING:
-    from ..integrated import DINOv3IntegratedModel
 
 log = get_logger("config")
 
@@ -29,8 +26,8 @@ _TOP_LEVEL_FILE_KEYS = ("model", "variants")
 
 
 def default_config_path() -> Path:
-    """Path of the packaged ``configs/dinov3_config.yaml``."""
-    return Path(str(resources.files("dinov3_integration").joinpath("configs", DEFAULT_CONFIG_NAME)))
+    """Path of the packaged ``config/presets/dinov3_config.yaml`` (the default and its variants)."""
+    return Path(str(resources.files("dinov3_integration").joinpath("config", "presets", DEFAULT_CONFIG_NAME)))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -205,16 +202,3 @@ def save_config(config: DINOv3Config, path: str | Path) -> Path:
     text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def build_model(config: DINOv3Config | Mapping[str, Any] | str | Path | None = None) -> DINOv3IntegratedModel:
-    """Build a :class:`~dinov3_integration.integrated.DINOv3IntegratedModel` from a config.
-
-    ``config`` may be a :class:`DINOv3Config`, a nested mapping, a YAML path or variant name (as
-    :func:`load_config` takes), or None (the packaged default).
-    """
-    from ..integrated import DINOv3IntegratedModel
-
-    if config is None or isinstance(config, (str, Path)):
-        config = load_config(config)
-    return DINOv3IntegratedModel.from_config(config)

@@ -9,7 +9,7 @@ A configuration is a tree of dataclasses that mirrors the YAML file::
                    aa_block_size, qk_norm, rope_freq, init_values, qkv_bias, proj_bias, ffn_bias,
                    output_layers, frames_chunk_size}
       freeze_backbone: false
-      gradient_checkpointing: false
+      gradient_checkpointing: null   # null: while training (VGGT's behaviour)
 
 ``config_from_dict`` checks keys and types (unknown keys get the closest valid key as a suggestion);
 ``validate_config`` checks meaning (the backbone exists, declared sizes agree with it, aggregator settings are
@@ -29,6 +29,7 @@ from typing import Any, Union
 
 from ..models import get_model_spec
 from ..models.registry import WEIGHT_TAGS
+from ..utils.indices import resolve_index
 
 AA_TYPES = ("frame", "global")
 
@@ -135,7 +136,7 @@ class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     freeze_backbone: bool = False
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None  # None: while training (VGGT's behaviour)
 
 
 @dataclass
@@ -294,10 +295,14 @@ class ResolvedArchitecture:
 
 
 def _check_layer_indices(indices: list[int], n: int, what: str, key: str, fail: Any) -> None:
-    """Every index in ``[-n, n)`` (negative counts from the end)."""
+    """Every index in ``[-n, n)`` (negative counts from the end), by the rule of ``utils.indices``."""
     for i in indices:
-        if not -n <= i < n:
-            fail(key, indices, f"layer index {i} is out of range for {what} with {n} layers; use 0..{n - 1}")
+        try:
+            resolve_index(i, n)
+        except ValueError:
+            fail(
+                key, indices, f"layer index {i} is out of range for {what} with {n} layers; use 0..{n - 1} or -{n}..-1"
+            )
 
 
 def _choices(key: str) -> tuple[str, ...] | None:

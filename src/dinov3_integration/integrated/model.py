@@ -20,97 +20,27 @@ Forward, by input shape (``D`` backbone width, ``C`` aggregator width, ``R`` sto
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ._logging import get_logger
-from .config.schema import (
-    ConfigError,
-    DINOv3Config,
-    Origins,
-    ResolvedArchitecture,
-    config_from_dict,
-    validate_config,
-)
-from .models import DinoVisionTransformer, create_model, normalization_for
-from .vggt_compat import Aggregator
+from .._logging import get_logger
+from ..config.loader import load_config
+from ..config.schema import DINOv3Config, Origins, ResolvedArchitecture, config_from_dict, validate_config
+from ..models import DinoVisionTransformer, create_model
+from ..utils.indices import resolve_layer_indices
+from ..utils.normalization import normalize
+from ..vggt_compat import Aggregator
+from .arguments import config_from_arguments, kwargs_from_config
+from .assembly import backbone_normalization, build_aggregator
 
 log = get_logger("integrated")
 
-__all__ = ["DINOv3IntegratedModel"]
-
-# config key path -> constructor argument (for error messages about constructor arguments)
-_ARG_FOR_KEY = {
-    "model.backbone.dinov3_model": "dinov3_model",
-    "model.backbone.img_size": "img_size",
-    "model.backbone.pretrained": "pretrained",
-    "model.backbone.weights": "weights",
-    "model.backbone.intermediate_layers": "intermediate_layers",
-    "model.backbone.normalize": "normalize",
-    "model.backbone.overrides": "backbone_overrides",
-    "model.aggregator.enabled": "use_aggregator",
-    "model.aggregator.embed_dim": "aggregator_embed_dim",
-    "model.aggregator.depth": "aggregator_depth",
-    "model.aggregator.num_heads": "aggregator_num_heads",
-    "model.aggregator.mlp_ratio": "aggregator_mlp_ratio",
-    "model.aggregator.num_register_tokens": "aggregator_num_register_tokens",
-    "model.aggregator.aa_order": "aa_order",
-    "model.aggregator.aa_block_size": "aa_block_size",
-    "model.aggregator.qk_norm": "qk_norm",
-    "model.aggregator.rope_freq": "rope_freq",
-    "model.aggregator.init_values": "init_values",
-    "model.aggregator.qkv_bias": "aggregator_qkv_bias",
-    "model.aggregator.proj_bias": "aggregator_proj_bias",
-    "model.aggregator.ffn_bias": "aggregator_ffn_bias",
-    "model.aggregator.output_layers": "output_layers",
-    "model.aggregator.frames_chunk_size": "frames_chunk_size",
-    "model.freeze_backbone": "freeze_backbone",
-    "model.gradient_checkpointing": "gradient_checkpointing",
-}
-_ARGS_SOURCE = "DINOv3IntegratedModel(...)"
-
-
-def _argument_name(key_path: str) -> str:
-    if key_path.startswith("model.backbone.overrides."):
-        return f"backbone_overrides[{key_path.rsplit('.', 1)[1]!r}]"
-    return _ARG_FOR_KEY.get(key_path, key_path)
-
-
-def _kwargs_from_config(config: DINOv3Config) -> dict[str, Any]:
-    """Constructor arguments equivalent to ``config`` (its architecture declarations are checked, not passed)."""
-    bb, agg, m = config.model.backbone, config.model.aggregator, config.model
-    return {
-        "dinov3_model": bb.dinov3_model,
-        "use_aggregator": agg.enabled,
-        "pretrained": bb.pretrained,
-        "weights": bb.weights,
-        "aa_order": list(agg.aa_order),
-        "img_size": bb.img_size,
-        "intermediate_layers": list(bb.intermediate_layers),
-        "normalize": bb.normalize,
-        "backbone_overrides": dict(bb.overrides),
-        "aggregator_embed_dim": agg.embed_dim,
-        "aggregator_depth": agg.depth,
-        "aggregator_num_heads": agg.num_heads,
-        "aggregator_mlp_ratio": agg.mlp_ratio,
-        "aggregator_num_register_tokens": agg.num_register_tokens,
-        "aa_block_size": agg.aa_block_size,
-        "qk_norm": agg.qk_norm,
-        "rope_freq": agg.rope_freq,
-        "init_values": agg.init_values,
-        "aggregator_qkv_bias": agg.qkv_bias,
-        "aggregator_proj_bias": agg.proj_bias,
-        "aggregator_ffn_bias": agg.ffn_bias,
-        "output_layers": agg.output_layers if isinstance(agg.output_layers, str) else list(agg.output_layers),
-        "frames_chunk_size": agg.frames_chunk_size,
-        "freeze_backbone": m.freeze_backbone,
-        "gradient_checkpointing": m.gradient_checkpointing,
-    }
+__all__ = ["DINOv3IntegratedModel", "build_model"]
 
 
 class DINOv3IntegratedModel(nn.Module):
@@ -135,7 +65,8 @@ class DINOv3IntegratedModel(nn.Module):
         output_layers: aggregator layers to keep (``"all"`` or indices; others are ``None`` placeholders).
         frames_chunk_size: run the backbone over at most this many frames at a time (None: all at once).
         freeze_backbone: call :meth:`freeze_backbone` after building.
-        gradient_checkpointing: call :meth:`set_gradient_checkpointing` after building.
+        gradient_checkpointing: ``None`` (default) checkpoints while training, as VGGT; ``True`` whenever
+            gradients are recorded; ``False`` never (see :meth:`set_gradient_checkpointing`).
         device: build on this device (``"meta"`` allocates nothing).
 
     Raises:
@@ -169,48 +100,12 @@ class DINOv3IntegratedModel(nn.Module):
         output_layers: Sequence[int] | str = "all",
         frames_chunk_size: int | None = None,
         freeze_backbone: bool = False,
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: bool | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        raw = {
-            "model": {
-                "backbone": {
-                    "dinov3_model": dinov3_model,
-                    "img_size": img_size,
-                    "pretrained": pretrained,
-                    "weights": None if weights is None else str(weights),
-                    "intermediate_layers": list(intermediate_layers),
-                    "normalize": normalize,
-                    "overrides": dict(backbone_overrides or {}),
-                },
-                "aggregator": {
-                    "enabled": use_aggregator,
-                    "embed_dim": aggregator_embed_dim,
-                    "depth": aggregator_depth,
-                    "num_heads": aggregator_num_heads,
-                    "mlp_ratio": aggregator_mlp_ratio,
-                    "num_register_tokens": aggregator_num_register_tokens,
-                    "aa_order": [aa_order] if isinstance(aa_order, str) else list(aa_order),
-                    "aa_block_size": aa_block_size,
-                    "qk_norm": qk_norm,
-                    "rope_freq": rope_freq,
-                    "init_values": init_values,
-                    "qkv_bias": aggregator_qkv_bias,
-                    "proj_bias": aggregator_proj_bias,
-                    "ffn_bias": aggregator_ffn_bias,
-                    "output_layers": output_layers if isinstance(output_layers, str) else list(output_layers),
-                    "frames_chunk_size": frames_chunk_size,
-                },
-                "freeze_backbone": freeze_backbone,
-                "gradient_checkpointing": gradient_checkpointing,
-            }
-        }
-        try:
-            config = config_from_dict(raw, Origins(_ARGS_SOURCE))
-            resolved = validate_config(config, Origins(_ARGS_SOURCE))
-        except ConfigError as err:
-            raise ConfigError(err.source, _argument_name(err.key_path), err.value, err.problem) from None
+        args = {k: v for k, v in locals().items() if k not in ("self", "device", "__class__")}
+        config, resolved = config_from_arguments(args)
         self._config = config
         self._arch = resolved
         self._build(config, resolved, device)
@@ -226,7 +121,13 @@ class DINOv3IntegratedModel(nn.Module):
         self.use_aggregator = agg.enabled
         self.normalize = bb.normalize
         self.frames_chunk_size = agg.frames_chunk_size
-        self.intermediate_layers = [i % arch.depth for i in bb.intermediate_layers]
+        self.intermediate_layers = (
+            resolve_layer_indices(
+                bb.intermediate_layers, arch.depth, what="intermediate_layers", sort=False, unique=False
+            )
+            if bb.intermediate_layers
+            else []
+        )
         backbone = create_model(
             bb.dinov3_model,
             pretrained=bb.pretrained,
@@ -235,39 +136,16 @@ class DINOv3IntegratedModel(nn.Module):
             img_size=bb.img_size,
             **bb.overrides,
         )
-        mean, std = normalization_for(getattr(backbone, "weights_tag", None))
+        mean, std = backbone_normalization(backbone)
         self.register_buffer("mean", torch.tensor(mean, device=device).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, device=device).view(3, 1, 1), persistent=False)
         self.aggregator: Aggregator | None = None
         if agg.enabled:
-            self.aggregator = self._build_aggregator(backbone, config, arch, device)
-        else:
-            self.add_module("backbone", backbone)  # read through the `backbone` property
-        self._gradient_checkpointing = False
-        self.freeze_backbone(config.model.freeze_backbone)
-        if config.model.gradient_checkpointing:
-            self.set_gradient_checkpointing(True)
-        log.debug(
-            "built DINOv3IntegratedModel(%s, aggregator=%s, patch=%d, dim=%d)",
-            bb.dinov3_model,
-            agg.enabled,
-            self.patch_size,
-            self.embed_dim,
-        )
-
-    def _build_aggregator(
-        self,
-        backbone: DinoVisionTransformer,
-        config: DINOv3Config,
-        arch: ResolvedArchitecture,
-        device: torch.device | str | None,
-    ) -> Aggregator:
-        """The Aggregator with ``backbone`` as its patch embedding (``aggregator.patch_embed``, VGGT's key layout)."""
-        agg = config.model.aggregator
-        with torch.device(device) if device is not None else contextlib.nullcontext():
-            aggregator = Aggregator(
-                img_size=config.model.backbone.img_size,
-                patch_size=arch.patch_size,
+            self.aggregator = build_aggregator(
+                backbone,
+                normalization="auto" if bb.normalize else None,
+                device=device,
+                img_size=bb.img_size,
                 embed_dim=arch.aggregator_embed_dim,
                 depth=agg.depth,
                 num_heads=arch.aggregator_num_heads,
@@ -276,7 +154,6 @@ class DINOv3IntegratedModel(nn.Module):
                 qkv_bias=agg.qkv_bias,
                 proj_bias=agg.proj_bias,
                 ffn_bias=agg.ffn_bias,
-                patch_embed=backbone,
                 aa_order=list(agg.aa_order),
                 aa_block_size=agg.aa_block_size,
                 qk_norm=agg.qk_norm,
@@ -285,11 +162,19 @@ class DINOv3IntegratedModel(nn.Module):
                 output_layers=agg.output_layers,
                 pad_output_list=True,  # output_list[i] is always layer i (None when not kept), as VGGT's heads index
                 frames_chunk_size=agg.frames_chunk_size,
-                check_input_range=config.model.backbone.normalize,
+                check_input_range=bb.normalize,
             )
-        if not config.model.backbone.normalize:
-            aggregator.set_normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # inputs are already normalised
-        return aggregator
+        else:
+            self.add_module("backbone", backbone)  # read through the `backbone` property
+        self.freeze_backbone(config.model.freeze_backbone)
+        self.set_gradient_checkpointing(config.model.gradient_checkpointing)
+        log.debug(
+            "built DINOv3IntegratedModel(%s, aggregator=%s, patch=%d, dim=%d)",
+            bb.dinov3_model,
+            agg.enabled,
+            self.patch_size,
+            self.embed_dim,
+        )
 
     @property
     def backbone(self) -> DinoVisionTransformer:
@@ -307,7 +192,7 @@ class DINOv3IntegratedModel(nn.Module):
         if not isinstance(config, DINOv3Config):
             config = config_from_dict(config, Origins("<mapping>"))
         validate_config(config, Origins(config.source or "<config>"))
-        return cls(**_kwargs_from_config(config), device=device)
+        return cls(**kwargs_from_config(config), device=device)
 
     def to_config(self) -> DINOv3Config:
         """The configuration of this model, with every architecture value explicit.
@@ -337,12 +222,29 @@ class DINOv3IntegratedModel(nn.Module):
         self._backbone_frozen = frozen
         return self
 
-    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute block activations in the backward pass (backbone blocks and aggregator blocks)."""
-        self.backbone.set_gradient_checkpointing(enabled)
-        if self.aggregator is not None:
-            self.aggregator.set_gradient_checkpointing(enabled)
+    def set_gradient_checkpointing(self, enabled: bool | None = True) -> None:
+        """Recompute block activations in the backward pass (backbone blocks and aggregator blocks).
+
+        ``True``: whenever gradients are recorded; ``False``: never; ``None`` (the default of a new model): while
+        the model is in training mode, as VGGT does (``train()`` switches it on, ``eval()`` off). Results never
+        change, only the memory kept for the backward pass.
+        """
+        if enabled is not None and not isinstance(enabled, bool):
+            raise TypeError(f"gradient checkpointing must be True, False or None, got {enabled!r}")
         self._gradient_checkpointing = enabled
+        self._apply_checkpointing(self.training if enabled is None else enabled)
+
+    def _apply_checkpointing(self, active: bool) -> None:
+        self.backbone.set_gradient_checkpointing(active)
+        if self.aggregator is not None:
+            self.aggregator.set_gradient_checkpointing(active)
+
+    def train(self, mode: bool = True) -> DINOv3IntegratedModel:
+        """``nn.Module.train``; with gradient checkpointing ``None`` it also follows ``mode`` (VGGT's behaviour)."""
+        super().train(mode)
+        if getattr(self, "_gradient_checkpointing", False) is None:
+            self._apply_checkpointing(mode)
+        return self
 
     # ------------------------------------------------------------------------------------------------ forward
     def _check_images(self, images: Tensor) -> None:
@@ -360,7 +262,7 @@ class DINOv3IntegratedModel(nn.Module):
         """``[..., 3, H, W]`` in [0, 1] -> backbone input (identity with ``normalize=False``)."""
         if not self.normalize:
             return images
-        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        return normalize(images, self.mean, self.std)
 
     def forward(self, images: Tensor) -> dict[str, Any]:
         """Run on ``[B, 3, H, W]`` images or ``[B, S, 3, H, W]`` clips (values in [0, 1]); see the module docs."""
@@ -465,3 +367,19 @@ def _unflatten_frames(out: dict[str, Any], B: int, S: int) -> dict[str, Any]:
         "patch_grid": out["patch_grid"],
         "intermediate": [unflat(t) for t in out["intermediate"]],
     }
+
+
+def build_model(
+    config: DINOv3Config | Mapping[str, Any] | str | Path | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> DINOv3IntegratedModel:
+    """Build a :class:`DINOv3IntegratedModel` from a configuration.
+
+    ``config`` may be a :class:`~dinov3_integration.config.DINOv3Config`, a nested mapping, a YAML path or a
+    packaged variant name (as :func:`~dinov3_integration.config.load_config` takes), or None (the packaged
+    default). The model comes back in training mode, like any ``nn.Module``: call ``.eval()`` for inference.
+    """
+    if config is None or isinstance(config, (str, Path)):
+        config = load_config(config)
+    return DINOv3IntegratedModel.from_config(config, device=device)
