@@ -51,7 +51,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]
 def tiny_model(name: str = "dinov3_vits16", seed: int = 0, **kwargs: object) -> torch.nn.Module:
     """A small model whose every parameter is random (and RoPE periods bf16-rounded like the official files)."""
     torch.manual_seed(seed)
-    model = create_model(name, **{**TINY, **kwargs})
+    model = create_model(name, **{"pretrained": False, **TINY, **kwargs})
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.1)
@@ -323,7 +323,7 @@ def test_sat_weights_from_hf_get_local_cls_norm(isolated: dict[str, Path], tmp_p
     hf_sd = formats.official_to_hf(official_sd(source))  # Hugging Face drops local_cls_norm
     data = safetensors_bytes(hf_sd, tmp_path)
     make_hf_cache(isolated["hf"], "facebook/dinov3-vitl16-pretrain-sat493m", {"model.safetensors": data})
-    target = create_model("dinov3_vitl16", weights="sat493m", **TINY)
+    target = create_model("dinov3_vitl16", pretrained=False, weights="sat493m", **TINY)
     resolved = resolve_weights("dinov3_vitl16", "sat493m")
     load_pretrained(target, resolved)
     assert resolved.normalization[0] == SAT_MEAN and target.weights_tag == "sat493m"

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "DinoVisionTransformer": "models",
-    "create_model": "models",
+    "create_model": "factory",
     "list_models": "models",
     "model_info": "models",
     "Aggregator": "vggt_compat",

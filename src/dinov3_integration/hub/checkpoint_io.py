@@ -28,6 +28,7 @@ from dinov3_integration.hub.errors import (
     UnsafeCheckpointError,
     WeightsNotFoundError,
 )
+from dinov3_integration.models.specs import HF_WEIGHT_FILES
 
 log = get_logger("hub")
 
@@ -39,12 +40,6 @@ STRIPPED_PREFIXES = ("module.", "_orig_mod.", "backbone.")
 """Key prefixes removed by :func:`unwrap_state_dict` (DDP, ``torch.compile``, DINOv3 training wrappers)."""
 
 HF_CONFIG = "config.json"
-HF_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _UNSAFE_GLOBAL = re.compile(r"GLOBAL\s+([\w.]+)")

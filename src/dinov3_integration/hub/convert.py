@@ -16,16 +16,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 from torch import Tensor
 
 from .._logging import get_logger
+from ..models.specs import get_model_spec, list_models, tag_in_name
+from ..models.vision_transformer import DinoVisionTransformer
+from ..utils.atomic import atomic_dir
+from ..utils.redact import redact_text
 from . import formats
 from .checkpoint_io import is_hf_model_folder, load_hf_model_folder, load_state_dict_file, save_state_dict_file
+from .errors import WeightsMismatchError
+from .hf_config import HF_EXTRA_FILE, check_hf_config_fits
+from .loading import TRAINING_ONLY_PREFIXES, load_pretrained
+from .mismatch import compare_state_dicts
+from .sources import resolve_weights
 
 log = get_logger("hub")
 
@@ -43,17 +51,11 @@ def read_official(
 
     With ``model_name`` the hub resolves ``src`` for that model (URLs, ``hf-hub:`` ids and timm names work) and the
     weights are checked against it; without, ``src`` must be a local file or Hugging Face folder and the
-    architecture is inferred from the tensors.
+    architecture is inferred from the tensors (and ``config.json``, checked against them). Training checkpoints
+    (``teacher`` with ``dino_head``/``ibot_head``) are unwrapped either way.
     """
-    from ..models import create_model, get_model_spec
-    from .sources import load_pretrained, resolve_weights
-
     if model_name is not None:
-        resolved = resolve_weights(model_name, src)
-        model = create_model(model_name, weights=resolved.tag, device="meta")
-        load_pretrained(model, resolved, periods=periods)  # raises listing missing/unexpected/mis-shaped keys
-        kwargs = {**get_model_spec(model_name).kwargs(resolved.tag)}
-        return {k: v for k, v in model.state_dict().items()}, kwargs, get_model_spec(model_name).name
+        return _read_for_model(src, model_name, periods)
     path = Path(src).expanduser()
     config = None
     if path.is_dir() and is_hf_model_folder(path):
@@ -65,15 +67,41 @@ def read_official(
             f"{src} is not a checkpoint file or a Hugging Face model folder; for a URL, 'hf-hub:' id or timm name "
             "also name the model (--model)"
         )
-    heads = config.get("num_attention_heads") if config else None
-    official = formats.to_official(state_dict, num_heads=heads, periods=periods)
-    kwargs = formats.kwargs_from_hf_config(config) if config else formats.infer_architecture(official)
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+    if config:
+        check_hf_config_fits(config, state_dict)
+        kwargs = formats.kwargs_from_hf_config(config)
+        official = formats.to_official(
+            state_dict, num_heads=kwargs["num_heads"], periods=periods, rope_base=kwargs["pos_embed_rope_base"]
+        )
+        extra = path / HF_EXTRA_FILE
+        if extra.is_file():  # what the Hugging Face layout cannot hold (local_cls_norm), written by convert
+            official.update(load_state_dict_file(extra))
+            kwargs["untie_global_and_local_cls_norm"] = "local_cls_norm.weight" in official
+    else:
+        official = formats.to_official(state_dict, periods=periods)
+        kwargs = formats.infer_architecture(official)
     return official, kwargs, _registered_name(kwargs)
 
 
-def _registered_name(kwargs: dict[str, Any]) -> str | None:
-    from ..models import get_model_spec, list_models
+def _read_for_model(
+    src: str | os.PathLike[str], model_name: str, periods: formats.PeriodsMode
+) -> tuple[dict[str, Tensor], dict[str, Any], str]:
+    spec = get_model_spec(model_name)
+    resolved = resolve_weights(spec.name, src)
+    sat = bool(spec.sat_overrides) and (
+        resolved.tag == "sat493m"
+        or tag_in_name(resolved.source) == "sat493m"
+        or any(k.startswith("local_cls_norm.") for k in resolved.state_dict)
+    )
+    kwargs = spec.kwargs("sat493m" if sat else resolved.tag)
+    model = DinoVisionTransformer(**kwargs, device="meta")
+    model.model_name = spec.name  # type: ignore[attr-defined]
+    load_pretrained(model, resolved, periods=periods)  # raises listing missing/unexpected/mis-shaped keys
+    return dict(model.state_dict()), kwargs, spec.name
 
+
+def _registered_name(kwargs: dict[str, Any]) -> str | None:
     keys = ("embed_dim", "depth", "num_heads", "ffn_layer", "patch_size")
     for name in list_models():
         spec_kw = get_model_spec(name).kwargs()
@@ -99,11 +127,16 @@ def convert_checkpoint(
     official, kwargs, name = read_official(src, model_name=model_name, periods=periods)
     _check_fits(official, kwargs)
     dst = Path(dst).expanduser()
-    meta = {"architecture": json.dumps(kwargs, default=str), "model": name or "", "source": str(src)}
+    meta = {"architecture": json.dumps(kwargs, default=str), "model": name or "", "source": redact_text(str(src))}
     if to == "hf":
         return _write_hf_folder(official, kwargs, dst)
     if to == "timm":
-        return save_state_dict_file(formats.official_to_timm(official), dst, meta if _is_st(dst) else None)
+        timm_sd = formats.official_to_timm(official)
+        lost = sorted({k.rsplit(".", 1)[0] for k in official if k.startswith(("local_cls_norm.", "cls_norm."))})
+        if "mask_token" in official and bool(official["mask_token"].any()):
+            lost.insert(0, "mask_token")
+        _warn_lossy(lost, "timm")
+        return save_state_dict_file(timm_sd, dst, meta if _is_st(dst) else None)
     if to == "safetensors" and not _is_st(dst):
         raise ValueError(f"--to safetensors writes a .safetensors file; got {dst}")
     return save_state_dict_file(official, dst, meta if _is_st(dst) else None)
@@ -114,42 +147,35 @@ def _is_st(path: Path) -> bool:
 
 
 def _check_fits(official: dict[str, Tensor], kwargs: dict[str, Any]) -> None:
-    from ..models import DinoVisionTransformer
-
-    model = DinoVisionTransformer(**kwargs, device="meta")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(official))
-    unexpected = sorted(set(official) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(official) if tuple(official[k].shape) != expected[k])
-    if missing or unexpected or wrong:
-        from .errors import WeightsMismatchError
-
-        lines = [
-            f"missing: {', '.join(missing)}" if missing else "",
-            f"unexpected: {', '.join(unexpected)}" if unexpected else "",
-        ]
-        lines += [f"{k}: checkpoint {tuple(official[k].shape)} vs model {expected[k]}" for k in wrong]
+    report = compare_state_dicts(official, DinoVisionTransformer(**kwargs, device="meta"))
+    if report:
         raise WeightsMismatchError(
-            "the checkpoint does not describe one consistent DINOv3 ViT:\n  " + "\n  ".join(x for x in lines if x)
+            f"the checkpoint does not describe one consistent DINOv3 ViT: tensors {report.summary(limit=20)}"
         )
 
 
+def _warn_lossy(what: list[str], target: str) -> None:
+    if what:
+        message = f"the {target} layout cannot hold {', '.join(what)}: not written"
+        warnings.warn(message, UserWarning, stacklevel=3)
+        log.warning(message)
+
+
 def _write_hf_folder(official: dict[str, Tensor], kwargs: dict[str, Any], dst: Path) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into a temporary folder, then rename it to ``dst``."""
-    if dst.exists() and any(dst.iterdir()):
-        raise FileExistsError(f"{dst} exists and is not empty; choose a new folder for the Hugging Face model")
+    """Write ``config.json`` and ``model.safetensors`` (plus, for ViT-L SAT and the 7B, ``dinov3_extra.safetensors``
+    with ``local_cls_norm``, which transformers ignores) into a temporary folder, then rename it to ``dst``."""
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise FileExistsError(
+            f"{dst} exists and is not an empty folder; choose a new folder for the Hugging Face model"
+        )
     hf_sd = formats.official_to_hf(official)
     config = formats.hf_config_from_kwargs(kwargs, hf_sd)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    extra = {k: v for k, v in official.items() if k.startswith("local_cls_norm.")}
+    _warn_lossy(sorted({k.rsplit(".", 1)[0] for k in official if k.startswith("cls_norm.")}), "Hugging Face")
+    with atomic_dir(dst) as tmp:
         save_state_dict_file(hf_sd, tmp / "model.safetensors")
+        if extra:
+            save_state_dict_file(extra, tmp / HF_EXTRA_FILE)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if dst.exists():
-            dst.rmdir()
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.debug("wrote Hugging Face folder %s (%d tensors)", dst, len(hf_sd))
     return dst

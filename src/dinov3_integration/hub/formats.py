@@ -24,7 +24,24 @@ import torch
 from torch import Tensor
 
 from .._logging import get_logger
+from ..layers.rope import rope_periods as _rope_periods
+from ..models.specs import HUB_DEFAULTS, SWIGLU_ALIGN, get_model_spec, head_dim_for, list_models
 from .errors import CheckpointFormatError
+from .hf_config import ffn_args, hf_config_from_kwargs, kwargs_from_hf_config
+
+__all__ = [
+    "detect_format",
+    "from_official",
+    "hf_config_from_kwargs",
+    "hf_to_official",
+    "infer_architecture",
+    "kwargs_from_hf_config",
+    "official_to_hf",
+    "official_to_timm",
+    "rope_periods",
+    "timm_to_official",
+    "to_official",
+]
 
 log = get_logger("hub")
 
@@ -60,7 +77,7 @@ def rope_periods(head_dim: int, base: float = 100.0, mode: PeriodsMode = "refere
     ``mode="reference"`` rounds them to bfloat16 (what the official checkpoints hold); ``"float32"`` keeps the
     float32 values that Hugging Face and timm compute.
     """
-    periods = base ** (2 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2))
+    periods = _rope_periods(head_dim, base, dtype=torch.float32)
     if mode == "reference":
         return periods.to(torch.bfloat16).to(torch.float32)
     if mode == "float32":
@@ -84,10 +101,6 @@ def _qkv_bias_and_mask(q: Tensor | None, k: Tensor | None, v: Tensor | None, dim
         parts.append(t if t is not None else torch.zeros(dim, dtype=ref.dtype))
         mask.append(torch.ones(dim, dtype=ref.dtype) if t is not None else torch.zeros(dim, dtype=ref.dtype))
     return torch.cat(parts), torch.cat(mask)
-
-
-def _head_dim_for(embed_dim: int) -> int:
-    return 128 if embed_dim == 4096 else 64
 
 
 # ------------------------------------------------------------------------------------------------ Hugging Face
@@ -157,7 +170,7 @@ def hf_to_official(
     out["norm.weight"], out["norm.bias"] = sd["norm.weight"], sd["norm.bias"]
     if add_local_cls_norm:
         out["local_cls_norm.weight"], out["local_cls_norm.bias"] = out["norm.weight"].clone(), out["norm.bias"].clone()
-    head_dim = dim // num_heads if num_heads else _head_dim_for(dim)
+    head_dim = dim // num_heads if num_heads else head_dim_for(dim)
     out["rope_embed.periods"] = periods if isinstance(periods, Tensor) else rope_periods(head_dim, rope_base, periods)
     return out
 
@@ -199,69 +212,6 @@ def official_to_hf(state_dict: Mapping[str, Tensor]) -> StateDict:
                     out[f"{dst}mlp.{a}.{suffix}"] = sd[f"{src}mlp.{b}.{suffix}"]
     out["norm.weight"], out["norm.bias"] = sd["norm.weight"], sd["norm.bias"]
     return out
-
-
-def hf_config_from_kwargs(kwargs: Mapping[str, Any], state_dict: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
-    """A ``DINOv3ViTConfig`` dict for a model built with these :class:`DinoVisionTransformer` arguments."""
-    from ..layers.ffn import swiglu_hidden_features
-
-    dim, ffn = kwargs["embed_dim"], kwargs.get("ffn_layer", "mlp")
-    hidden = int(dim * kwargs.get("ffn_ratio", 4.0))
-    gated = ffn != "mlp"
-    if gated:
-        align = {"swiglu": 8, "swiglu32": 32, "swiglu64": 64, "swiglu128": 128}[ffn]
-        hidden = swiglu_hidden_features(hidden, align)
-    has_bias = bool(kwargs.get("qkv_bias", True))
-    key_bias = bool(state_dict and any(k.endswith("attention.k_proj.bias") for k in state_dict))
-    eps = {"layernorm": 1e-6, "layernormbf16": 1e-5}.get(kwargs.get("norm_layer", "layernorm"), 1e-5)
-    return {
-        "model_type": "dinov3_vit",
-        "architectures": ["DINOv3ViTModel"],
-        "hidden_size": dim,
-        "num_hidden_layers": kwargs["depth"],
-        "num_attention_heads": kwargs["num_heads"],
-        "intermediate_size": hidden,
-        "hidden_act": "silu" if gated else "gelu",
-        "use_gated_mlp": gated,
-        "patch_size": kwargs.get("patch_size", 16),
-        "image_size": kwargs.get("img_size", 224),
-        "num_channels": kwargs.get("in_chans", 3),
-        "num_register_tokens": kwargs.get("n_storage_tokens", 0),
-        "layer_norm_eps": float(eps),
-        "rope_theta": float(kwargs.get("pos_embed_rope_base") or 100.0),
-        "query_bias": has_bias,
-        "key_bias": key_bias,
-        "value_bias": has_bias,
-        "proj_bias": kwargs.get("proj_bias", True),
-        "mlp_bias": kwargs.get("ffn_bias", True),
-        "layerscale_value": 1.0,
-        "pos_embed_rescale": float(kwargs.get("pos_embed_rope_rescale_coords") or 2.0),
-    }
-
-
-def kwargs_from_hf_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """:class:`DinoVisionTransformer` arguments for a ``DINOv3ViTConfig`` dict (inverse of the above)."""
-    from .. import models
-
-    dim = config["hidden_size"]
-    hidden = config["intermediate_size"]
-    gated = bool(config.get("use_gated_mlp", False))
-    kw = dict(models.HUB_DEFAULTS)
-    kw.update(
-        embed_dim=dim,
-        depth=config["num_hidden_layers"],
-        num_heads=config["num_attention_heads"],
-        patch_size=config.get("patch_size", 16),
-        in_chans=config.get("num_channels", 3),
-        n_storage_tokens=config.get("num_register_tokens", 0),
-        pos_embed_rope_base=config.get("rope_theta", 100.0),
-        qkv_bias=bool(config.get("query_bias", True) or config.get("value_bias", True) or config.get("key_bias")),
-        proj_bias=config.get("proj_bias", True),
-        ffn_bias=config.get("mlp_bias", True),
-        norm_layer="layernorm" if abs(config.get("layer_norm_eps", 1e-5) - 1e-6) < 1e-9 else "layernormbf16",
-    )
-    kw.update(_ffn_args(dim, hidden, gated))
-    return kw
 
 
 # ------------------------------------------------------------------------------------------------ timm
@@ -313,7 +263,7 @@ def timm_to_official(
     out["norm.weight"], out["norm.bias"] = sd["norm.weight"], sd["norm.bias"]
     if add_local_cls_norm:
         out["local_cls_norm.weight"], out["local_cls_norm.bias"] = out["norm.weight"].clone(), out["norm.bias"].clone()
-    head_dim = dim // num_heads if num_heads else _head_dim_for(dim)
+    head_dim = dim // num_heads if num_heads else head_dim_for(dim)
     out["rope_embed.periods"] = periods if isinstance(periods, Tensor) else rope_periods(head_dim, rope_base, periods)
     dropped = sorted(k for k in sd if k.startswith(("head.", "fc_norm.")))
     if dropped:
@@ -400,21 +350,6 @@ def from_official(state_dict: Mapping[str, Tensor], target: Format) -> StateDict
 
 
 # ------------------------------------------------------------------------------------------------ architecture
-def _ffn_args(dim: int, hidden: int, gated: bool, prefer_align: int | None = None) -> dict[str, Any]:
-    from ..layers.ffn import swiglu_hidden_features
-
-    if not gated:
-        return {"ffn_layer": "mlp", "ffn_ratio": hidden / dim}
-    ratio = hidden * 1.5 / dim
-    aligns = [prefer_align] if prefer_align else []
-    for align in [*aligns, 8, 32, 64, 128]:
-        for r in (ratio, round(ratio * 4) / 4, round(ratio, 3)):
-            if swiglu_hidden_features(int(dim * r), align) == hidden:
-                name = "swiglu" if align == 8 else f"swiglu{align}"
-                return {"ffn_layer": name, "ffn_ratio": r}
-    raise CheckpointFormatError(f"cannot find a SwiGLU setting giving hidden width {hidden} for width {dim}")
-
-
 def infer_architecture(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
     """:class:`DinoVisionTransformer` arguments read from an official-layout state dict.
 
@@ -423,31 +358,29 @@ def infer_architecture(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
     from a registered model of the same width and depth (else head_dim 64). Settings that leave no trace in a
     state dict (norm eps, RoPE base) take the released models' values.
     """
-    from .. import models
-
     sd = state_dict
     if "cls_token" not in sd or "patch_embed.proj.weight" not in sd:
         raise CheckpointFormatError("not an official-layout DINOv3 state dict (no cls_token / patch_embed.proj.weight)")
     dim = sd["cls_token"].shape[-1]
     depth = len(_block_ids(list(sd), r"^blocks\.(\d+)\."))
     known = [
-        models.get_model_spec(n).kwargs()
-        for n in models.list_models()
-        if models.get_model_spec(n).arch["embed_dim"] == dim and models.get_model_spec(n).arch["depth"] == depth
+        get_model_spec(n).kwargs()
+        for n in list_models()
+        if get_model_spec(n).arch["embed_dim"] == dim and get_model_spec(n).arch["depth"] == depth
     ]
     if "rope_embed.periods" in sd:
         num_heads = dim // (4 * sd["rope_embed.periods"].numel())
     elif known:
         num_heads = known[0]["num_heads"]
     else:
-        num_heads = dim // _head_dim_for(dim)
-    kw = dict(models.HUB_DEFAULTS)
+        num_heads = dim // head_dim_for(dim)
+    kw = dict(HUB_DEFAULTS)
     w1 = sd.get("blocks.0.mlp.w1.weight")
     hidden = (w1 if w1 is not None else sd["blocks.0.mlp.fc1.weight"]).shape[0]
     prefer = None
     if known and known[0]["ffn_layer"].startswith("swiglu"):
-        prefer = {"swiglu": 8, "swiglu32": 32, "swiglu64": 64, "swiglu128": 128}[known[0]["ffn_layer"]]
-    kw.update(_ffn_args(dim, hidden, gated=w1 is not None, prefer_align=prefer))
+        prefer = SWIGLU_ALIGN[known[0]["ffn_layer"]]
+    kw.update(ffn_args(dim, hidden, gated=w1 is not None, prefer_align=prefer))
     kw.update(
         embed_dim=dim,
         depth=depth,

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from dinov3_integration._logging import get_logger
 from dinov3_integration.hub import formats
-from dinov3_integration.hub.cache import get_cache_dir, redact_url, sha256_file, url_to_filename
+from dinov3_integration.hub.cache import get_cache_dir, redact_url, url_to_filename
 from dinov3_integration.hub.checkpoint_io import (
     hf_weight_files,
     is_hf_model_folder,
@@ -45,79 +44,35 @@ from dinov3_integration.hub.errors import (
     WeightsMismatchError,
     WeightsNotFoundError,
 )
-from dinov3_integration.hub.resample import resample_patch_embed
+from dinov3_integration.hub.hf_config import HF_EXTRA_FILE, check_hf_config_fits
+from dinov3_integration.hub.loading import load_pretrained
+from dinov3_integration.hub.resolved import LoadResult, ResolvedWeights
+from dinov3_integration.models import specs
 
 log = get_logger("hub")
 
 WEIGHTS_DIR_ENV = "DINOV3_WEIGHTS_DIR"
 """Environment variable naming a folder of official ``.pth`` files (searched first)."""
 
-WEIGHT_TAGS = ("lvd1689m", "sat493m")
-HF_ORG = "facebook"
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-"""Files tried, in order, in a Hugging Face repository."""
+WEIGHT_TAGS = specs.WEIGHT_TAGS
+HF_ORG = specs.HF_ORG
+HF_WEIGHT_FILES = specs.HF_WEIGHT_FILES
+"""Files tried, in order, in a Hugging Face repository (the one list, in :mod:`dinov3_integration.models.specs`)."""
 
-# Architectures Meta publishes on the Hugging Face Hub (ViT-L+ is not there: docs/dinov3_spec.md section 1.3).
-_HF_ARCHS = frozenset({"vits16", "vits16plus", "vitb16", "vitl16", "vith16plus", "vit7b16"})
-_TIMM_ARCHS = {
-    "vit_small_patch16_dinov3": "dinov3_vits16",
-    "vit_small_plus_patch16_dinov3": "dinov3_vits16plus",
-    "vit_base_patch16_dinov3": "dinov3_vitb16",
-    "vit_large_patch16_dinov3": "dinov3_vitl16",
-    "vit_huge_plus_patch16_dinov3": "dinov3_vith16plus",
-    "vit_7b_patch16_dinov3": "dinov3_vit7b16",
-}
 _TIMM_NAME = re.compile(r"^(?:timm/)?(?P<arch>vit_[a-z0-9_]+?_patch16_dinov3)(?P<qkvb>_qkvb)?\.(?P<tag>[a-z0-9_]+)$")
 _OFFICIAL_NAME = re.compile(r"^dinov3_(?P<arch>vit[a-z0-9]+?)_pretrain_(?P<tag>lvd1689m|sat493m)(?:-[0-9a-f]{8,})?\.")
 _HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_TRAINING_ONLY_PREFIXES = ("dino_head.", "ibot_head.")
-"""Keys of training heads that training checkpoints carry next to the backbone; never part of the model."""
 
-
-# --------------------------------------------------------------------------------------------------- result type
-
-
-@dataclass
-class ResolvedWeights:
-    """Weights found for a model, before conversion.
-
-    Attributes:
-        state_dict: tensors as stored (official, Hugging Face or timm layout).
-        source: where they came from, for logs and errors (signed URL queries removed).
-        format: ``"official"``, ``"hf"`` or ``"timm"`` (detected from the keys).
-        tag: ``"lvd1689m"`` / ``"sat493m"`` when known (selects the input normalisation).
-        path: the file read, when there is one file (``None`` for sharded folders).
-        config: the Hugging Face ``config.json`` next to the weights, when there is one.
-    """
-
-    state_dict: dict[str, Tensor]
-    source: str
-    format: str
-    tag: str | None = None
-    path: Path | None = None
-    config: dict[str, Any] | None = None
-    _sha256: str | None = field(default=None, repr=False)
-
-    @property
-    def sha256(self) -> str | None:
-        """SHA-256 of the weights file (computed on first access; free for Hugging Face cache blobs)."""
-        if self._sha256 is None and self.path is not None and self.path.is_file():
-            self._sha256 = _blob_sha256(self.path) or sha256_file(self.path)
-        return self._sha256
-
-    @property
-    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Input ``(mean, std)`` these weights expect (satellite statistics for ``sat493m``, else ImageNet)."""
-        from dinov3_integration.models import normalization_for
-
-        return normalization_for(self.tag)
-
-
-class LoadResult(NamedTuple):
-    """What :func:`load_pretrained` left out (empty lists after a strict load)."""
-
-    missing_keys: list[str]
-    unexpected_keys: list[str]
+__all__ = [
+    "WEIGHTS_DIR_ENV",
+    "LoadResult",
+    "ResolvedWeights",
+    "hf_repo_id",
+    "load_pretrained",
+    "official_filename",
+    "parse_hf_hub",
+    "resolve_weights",
+]
 
 
 # --------------------------------------------------------------------------------------------------- names
@@ -125,16 +80,15 @@ class LoadResult(NamedTuple):
 
 def official_filename(model_name: str, tag: str) -> str:
     """The official file name, e.g. ``dinov3_vits16_pretrain_lvd1689m-08c60483.pth``."""
-    spec = _weights_spec(model_name)
-    if tag not in spec.weights:
-        raise _no_such_tag(spec.name, tag)
-    return f"{spec.name}_pretrain_{tag}-{spec.weights[tag]}.pth"
+    name = specs.official_filename(model_name, tag)
+    if name is None:
+        raise _no_such_tag(model_name, tag)
+    return name
 
 
 def hf_repo_id(model_name: str, tag: str) -> str | None:
     """The Hugging Face repository Meta publishes these weights in (``None`` if there is none)."""
-    arch = _weights_spec(model_name).name.removeprefix("dinov3_")
-    return f"{HF_ORG}/dinov3-{arch}-pretrain-{tag}" if arch in _HF_ARCHS else None
+    return specs.hf_repo_id(model_name, tag)
 
 
 def parse_hf_hub(spec: str) -> tuple[str, str | None]:
@@ -148,26 +102,9 @@ def parse_hf_hub(spec: str) -> tuple[str, str | None]:
     return repo, revision or None
 
 
-def _spec(model_name: str) -> Any:
-    from dinov3_integration.models import get_model_spec
-
-    return get_model_spec(model_name)
-
-
-def _weights_spec(model_name: str) -> Any:
-    """The registered model whose released weights ``model_name`` uses: itself, or the same architecture with
-    another patch size (``dinov3_vitl14`` uses ViT-L/16 weights, patch kernel resampled)."""
-    from dinov3_integration.models import list_models
-
-    spec = _spec(model_name)
-    if spec.weights:
-        return spec
-    wanted = {k: v for k, v in spec.kwargs().items() if k != "patch_size"}
-    for name in list_models(pretrained=True):
-        other = _spec(name)
-        if {k: v for k, v in other.kwargs().items() if k != "patch_size"} == wanted:
-            return other
-    return spec
+def _weights_spec(model_name: str) -> specs.ModelSpec:
+    """The registered model whose released weights ``model_name`` uses (``dinov3_vitl14``: ViT-L/16's)."""
+    return specs.weights_spec(model_name)
 
 
 def _no_such_tag(model_name: str, tag: str) -> WeightsError:
@@ -184,8 +121,7 @@ def _no_such_tag(model_name: str, tag: str) -> WeightsError:
 
 
 def _tag_in(text: str) -> str | None:
-    lowered = text.lower()
-    return next((tag for tag in WEIGHT_TAGS if tag in lowered), None)
+    return specs.tag_in_name(text)
 
 
 # --------------------------------------------------------------------------------------------------- resolving
@@ -343,7 +279,13 @@ def _from_path(model_name: str, path: Path) -> ResolvedWeights:
         files = hf_weight_files(path)
         single = files[0] if len(files) == 1 else None
         fmt = _detect(state_dict, source)
-        return ResolvedWeights(state_dict, source, fmt, tag=_tag_in(str(path)), path=single, config=config)
+        if fmt == "hf" and config:
+            _check_config(config, state_dict, source)
+        extra = path / HF_EXTRA_FILE
+        extras = load_state_dict_file(extra) if extra.is_file() else {}
+        return ResolvedWeights(
+            state_dict, source, fmt, tag=_tag_in(str(path)), path=single, config=config, extras=extras
+        )
     return _from_official_folder(model_name, path)
 
 
@@ -409,14 +351,10 @@ def _read_hf_files(repo: str, revision: str | None, path: Path, *, tag: str | No
         single = None
     else:
         state_dict, single = load_state_dict_file(path), path
-    return ResolvedWeights(
-        state_dict=state_dict,
-        source=source,
-        format=_detect(state_dict, source),
-        tag=tag,
-        path=single,
-        config=_hf_config(repo, revision, offline),
-    )
+    fmt, config = _detect(state_dict, source), _hf_config(repo, revision, offline)
+    if fmt == "hf" and config:
+        _check_config(config, state_dict, source)
+    return ResolvedWeights(state_dict=state_dict, source=source, format=fmt, tag=tag, path=single, config=config)
 
 
 def _hf_config(repo: str, revision: str | None, offline: bool) -> dict[str, Any] | None:
@@ -431,7 +369,7 @@ def _hf_config(repo: str, revision: str | None, offline: bool) -> dict[str, Any]
 
 def _from_timm(model_name: str, match: re.Match[str], *, offline: bool) -> ResolvedWeights:
     arch, tag = match.group("arch"), match.group("tag")
-    expected = _TIMM_ARCHS.get(arch)
+    expected = specs.TIMM_ARCHS.get(arch)
     ours = _weights_spec(model_name).name
     if expected is not None and expected != ours:
         raise WeightsMismatchError(
@@ -456,171 +394,15 @@ def _check_official_name(model_name: str, filename: str) -> None:
         )
 
 
+def _check_config(config: dict[str, Any], state_dict: dict[str, Tensor], source: str) -> None:
+    try:
+        check_hf_config_fits(config, state_dict)
+    except CheckpointFormatError as exc:
+        raise CheckpointFormatError(f"{source}: {exc}") from exc
+
+
 def _detect(state_dict: dict[str, Tensor], source: str) -> str:
     try:
         return formats.detect_format(state_dict)
     except formats.CheckpointFormatError as exc:
         raise CheckpointFormatError(f"{source}: {exc}") from exc
-
-
-def _blob_sha256(path: Path) -> str | None:
-    """Hugging Face cache blobs of LFS files are named by their SHA-256: read it instead of hashing."""
-    target = path.resolve()
-    name = target.name
-    if target.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", name):
-        return name
-    return None
-
-
-# --------------------------------------------------------------------------------------------------- loading
-
-
-def load_pretrained(
-    model: nn.Module,
-    resolved: ResolvedWeights,
-    *,
-    strict: bool = True,
-    periods: formats.PeriodsMode = "reference",
-) -> LoadResult:
-    """Convert ``resolved`` to the official layout and load it into ``model`` (a ``DinoVisionTransformer``).
-
-    Training heads (``dino_head``/``ibot_head``) are dropped, ``local_cls_norm`` is filled in for models that have
-    it (ViT-L SAT, 7B) when the source lacks it, the patch kernel is resampled when patch sizes differ (ViT-L/14),
-    and missing RoPE periods are computed (``periods``: ``"reference"`` bf16-rounded like the official files, or
-    ``"float32"``). With ``strict`` any missing, unexpected or mis-shaped tensor raises
-    :class:`WeightsMismatchError` naming the likely cause; otherwise the tensors that fit are loaded. Sets
-    ``model.weights_tag`` (when known) and ``model.weights_source``.
-    """
-    state_dict = _convert(model, resolved, periods)
-    state_dict = _fit_patch_embed(model, state_dict)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing, unexpected, wrong = _compare(state_dict, expected)
-    if strict and (missing or unexpected or wrong):
-        raise _mismatch_error(model, resolved, state_dict, missing, unexpected, wrong)
-    for key, *_ in wrong:
-        log.warning("not loading %s: shape differs from the model's", key)
-        del state_dict[key]
-    on_meta = any(t.is_meta for t in model.state_dict().values())
-    result = model.load_state_dict(state_dict, strict=strict, assign=on_meta)
-    if resolved.tag is not None:
-        model.weights_tag = resolved.tag  # type: ignore[assignment]
-    model.weights_source = resolved.source  # type: ignore[assignment]
-    log.debug("loaded %d tensors into %s from %s", len(state_dict), _model_name(model), resolved.source)
-    return LoadResult(list(result.missing_keys), list(result.unexpected_keys))
-
-
-def _model_name(model: nn.Module) -> str:
-    return str(getattr(model, "model_name", type(model).__name__))
-
-
-def _convert(model: nn.Module, resolved: ResolvedWeights, periods: formats.PeriodsMode) -> dict[str, Tensor]:
-    wants_local = getattr(model, "local_cls_norm", None) is not None
-    num_heads = getattr(model, "num_heads", None)
-    rope_base = getattr(getattr(model, "rope_embed", None), "base", None) or 100.0
-    try:
-        state_dict = formats.to_official(
-            resolved.state_dict,
-            source_format=resolved.format,  # type: ignore[arg-type]
-            num_heads=num_heads,
-            periods=periods,
-            rope_base=rope_base,
-            add_local_cls_norm=wants_local,
-        )
-    except (KeyError, formats.CheckpointFormatError) as exc:
-        raise CheckpointFormatError(
-            f"Cannot convert the weights from {resolved.source} ({resolved.format} layout) to the official layout: "
-            f"{exc}. The file is probably not a DINOv3 ViT checkpoint."
-        ) from exc
-    dropped = [k for k in state_dict if k.startswith(_TRAINING_ONLY_PREFIXES)]
-    for key in dropped:
-        del state_dict[key]
-    if dropped:
-        log.debug("dropped %d training-head tensors (%s...)", len(dropped), dropped[0])
-    if wants_local and "local_cls_norm.weight" not in state_dict and "norm.weight" in state_dict:
-        # Unused in evaluation, but part of the model: the official files hold it, other layouts drop it.
-        state_dict["local_cls_norm.weight"] = state_dict["norm.weight"].clone()
-        state_dict["local_cls_norm.bias"] = state_dict["norm.bias"].clone()
-    if "rope_embed.periods" not in state_dict and num_heads and "cls_token" in state_dict:
-        head_dim = state_dict["cls_token"].shape[-1] // num_heads
-        state_dict["rope_embed.periods"] = formats.rope_periods(head_dim, rope_base, periods)
-    return state_dict
-
-
-def _fit_patch_embed(model: nn.Module, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    key = "patch_embed.proj.weight"
-    target = model.state_dict().get(key)
-    weight = state_dict.get(key)
-    if target is None or weight is None or weight.shape[-2:] == target.shape[-2:] or weight.ndim != 4:
-        return state_dict
-    if weight.shape[:2] != target.shape[:2]:
-        return state_dict  # another width: reported as a shape mismatch
-    log.debug("resampling the patch kernel %s -> %s", tuple(weight.shape[-2:]), tuple(target.shape[-2:]))
-    state_dict[key] = resample_patch_embed(weight, tuple(target.shape[-2:]))
-    return state_dict
-
-
-def _compare(
-    state_dict: dict[str, Tensor], expected: dict[str, tuple[int, ...]]
-) -> tuple[list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
-    missing = sorted(expected.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - expected.keys())
-    wrong = sorted(
-        (k, tuple(state_dict[k].shape), expected[k])
-        for k in state_dict.keys() & expected.keys()
-        if tuple(state_dict[k].shape) != expected[k]
-    )
-    return missing, unexpected, wrong
-
-
-def _mismatch_error(
-    model: nn.Module,
-    resolved: ResolvedWeights,
-    state_dict: dict[str, Tensor],
-    missing: list[str],
-    unexpected: list[str],
-    wrong: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
-) -> WeightsMismatchError:
-    name = _model_name(model)
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
-    if wrong:
-        parts.append(
-            f"{len(wrong)} with other shapes (e.g. " + ", ".join(f"{k}: {s} vs {e}" for k, s, e in wrong[:3]) + ")"
-        )
-    hints = [h for h in (_size_hint(state_dict, name), _local_norm_hint(unexpected)) if h]
-    hints.append("Pass strict=False to load only the tensors that fit.")
-    return WeightsMismatchError(
-        f"The weights from {resolved.source} do not fit {name}: tensors {'; '.join(parts)}. {' '.join(hints)}"
-    )
-
-
-def _size_hint(state_dict: dict[str, Tensor], model_name: str) -> str | None:
-    try:
-        arch = formats.infer_architecture(state_dict)
-    except Exception:  # a hint only: never hide the real error
-        return None
-    from dinov3_integration.models import list_models
-
-    matches = [
-        n
-        for n in list_models()
-        if (kw := _spec(n).kwargs())["embed_dim"] == arch["embed_dim"]
-        and kw["depth"] == arch["depth"]
-        and kw["ffn_layer"] == arch["ffn_layer"]
-    ]
-    described = f"width {arch['embed_dim']}, {arch['depth']} blocks, {arch['ffn_layer']} FFN"
-    if matches and model_name not in matches:
-        return f"The weights look like {' or '.join(matches)} ({described}): build that model instead."
-    return f"The weights have {described}."
-
-
-def _local_norm_hint(unexpected: list[str]) -> str | None:
-    if any(k.startswith("local_cls_norm.") for k in unexpected):
-        return (
-            "They carry local_cls_norm (satellite ViT-L or 7B weights): build the model with weights='sat493m' "
-            "(or the 7B model)."
-        )
-    return None

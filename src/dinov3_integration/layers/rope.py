@@ -84,6 +84,31 @@ def rope_apply_(x: Tensor, sin: Tensor, cos: Tensor, scratch: tuple[Tensor, Tens
     return x
 
 
+def rope_periods(
+    head_dim: int,
+    base: float | None = 100.0,
+    *,
+    min_period: float | None = None,
+    max_period: float | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """DINOv3's RoPE periods, ``[head_dim // 4]`` in ``dtype``: the one copy of the formula.
+
+    With ``base``: ``periods[j] = base ** (4 j / head_dim)``; with ``min_period``/``max_period`` (and no base): a
+    geometric ramp from ``min_period`` to ``max_period``. Computed in ``dtype`` (the reference computes them in the
+    buffer's dtype; the released checkpoints hold bfloat16-rounded values).
+    """
+    n = head_dim // 4
+    if base is not None:
+        return base ** (2 * torch.arange(n, device=device, dtype=dtype) / (head_dim // 2))
+    if min_period is None or max_period is None:
+        raise ValueError("RoPE periods need either `base` or both `min_period` and `max_period`")
+    ratio = max_period / min_period
+    periods = ratio ** torch.linspace(0, 1, n, device=device, dtype=dtype)
+    return periods / ratio * max_period
+
+
 class RopePositionEmbedding(nn.Module):
     """Axial 2D RoPE tables for DINOv3.
 
@@ -142,16 +167,9 @@ class RopePositionEmbedding(nn.Module):
         device, dtype = self.periods.device, self.dtype
         if device.type == "meta":
             return
-        if self.base is not None:
-            periods = self.base ** (
-                2 * torch.arange(self.D_head // 4, device=device, dtype=dtype) / (self.D_head // 2)
-            )  # [D_head // 4]
-        else:
-            base = self.max_period / self.min_period
-            exponents = torch.linspace(0, 1, self.D_head // 4, device=device, dtype=dtype)
-            periods = base**exponents
-            periods = periods / base
-            periods = periods * self.max_period
+        periods = rope_periods(
+            self.D_head, self.base, min_period=self.min_period, max_period=self.max_period, device=device, dtype=dtype
+        )  # [D_head // 4]
         with torch.no_grad():
             self.periods.copy_(periods)
 
