@@ -743,6 +743,8 @@ def _build_patch_embed(
             kwargs["pretrained"] = True
             if weights is not True:
                 kwargs["weights"] = weights
+        else:  # weights load through patch_embed_weights; a tag in the config only selects the architecture
+            kwargs.setdefault("pretrained", False)
         module = create_model(patch_embed, **kwargs)
         p = int(module.patch_size)
         if p != patch_size and patch_size != 14:  # 14 is VGGT's default, i.e. "not chosen"
