@@ -466,7 +466,8 @@ def test_block_hook_on_the_model_keeps_block_outputs() -> None:
 
     def run(enable_grad: bool) -> list[torch.Tensor]:
         seen: list[torch.Tensor] = []
-        handle = model.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append(out))
+        # forward_features calls the blocks with a list of tensors, as the reference (issue 19 item 4)
+        handle = model.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append(out[0]))
         with torch.set_grad_enabled(enable_grad):
             seen.append(model(x))
         handle.remove()

@@ -219,3 +219,41 @@ def test_logging_is_silent_by_default_and_verbose_on_debug(caplog) -> None:
         create_model("dinov3_vits16", depth=1)
     assert any("create_model('dinov3_vits16')" in r.getMessage() for r in caplog.records)
     assert all(r.name.startswith("dinov3") for r in caplog.records)
+
+
+def test_block_hooks_see_lists_in_forward_features_as_the_reference(tiny) -> None:
+    """issue 19 item 4: the reference calls its blocks with lists inside forward_features; ported hook code doing
+    ``output[0]`` must get the ``[B, N, D]`` tokens, not the first batch item."""
+    x = torch.randn(2, 3, 32, 48)
+    seen: list = []
+    handle = tiny.blocks[-1].register_forward_hook(lambda mod, args, out: seen.append((args, out)))
+    try:
+        with torch.no_grad():
+            out = tiny.forward_features(x)
+            layers = tiny.get_intermediate_layers(x, n=1, norm=False)
+    finally:
+        handle.remove()
+    (args, hooked), (args_il, hooked_il) = seen
+    assert isinstance(hooked, list) and len(hooked) == 1 and isinstance(args[0], list) and isinstance(args[1], list)
+    assert torch.equal(hooked[0], out["x_prenorm"])  # what `output[0]` gives ported code
+    # get_intermediate_layers calls the blocks with a tensor, as the reference's does
+    assert isinstance(hooked_il, torch.Tensor) and torch.equal(hooked_il[:, 5:], layers[0])
+
+
+def test_block_call_patterns(tiny) -> None:
+    """issue 19 item 6: ``block(x, rope)``, ``block(x_list, rope_list)`` (reference) and ``rope=`` (earlier API)."""
+    blk = tiny.blocks[0]
+    a, b = torch.randn(2, 5 + 6, 64), torch.randn(1, 5 + 4, 64)
+    ra, rb = tiny.rope_embed(H=2, W=3), tiny.rope_embed(H=2, W=2)
+    with torch.no_grad():
+        both = blk([a, b], [ra, rb])
+        one_a, one_b = blk(a, ra), blk(b, rope=rb)
+        no_rope = blk([a, b])
+    assert torch.equal(both[0], one_a) and torch.equal(both[1], one_b)
+    torch.testing.assert_close(no_rope[1], blk(b, None), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="2 token tensors but 1 RoPE"):
+        blk([a, b], [ra])
+    with pytest.raises(TypeError, match="not both"):
+        blk(a, ra, rope=ra)
+    with pytest.raises(TypeError, match="tensor or a list"):
+        blk((a, b), [ra, rb])

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 from .attention import RopeArg, SelfAttention
-from .drop_path import DropPath
 from .ffn import Mlp
 from .layer_scale import LayerScale
 from .workspace import Workspace, _in_place_ok, active_workspace
@@ -24,8 +23,8 @@ class SelfAttentionBlock(nn.Module):
     """DINOv3's transformer block on ``[B, N, D] -> [B, N, D]``.
 
     Keys: ``norm1``, ``attn.*``, ``ls1.gamma``, ``norm2``, ``mlp.*``, ``ls2.gamma`` (LayerScale keys exist only
-    when ``init_values`` is truthy). In training with ``drop_path > 0.1`` whole samples skip a residual branch
-    by batch subsetting (as the reference); for smaller rates per-sample :class:`DropPath` is used.
+    when ``init_values`` is truthy). In training with ``drop_path > 0`` whole samples skip a residual branch by
+    batch subsetting, at every rate and in the reference's random-number order (:meth:`_forward_list_drop`).
 
     Args:
         dim, num_heads: width and heads.
@@ -84,7 +83,6 @@ class SelfAttentionBlock(nn.Module):
         )
         self.ls2 = LayerScale(dim, init_values=init_values, device=device) if init_values else nn.Identity()
         self.sample_drop_ratio = drop_path
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def _attn_residual(self, x: Tensor, rope: RopeArg) -> Tensor:
         return self.ls1(self.attn(self.norm1(x), rope=rope))
@@ -92,14 +90,41 @@ class SelfAttentionBlock(nn.Module):
     def _ffn_residual(self, x: Tensor) -> Tensor:
         return self.ls2(self.mlp(self.norm2(x)))
 
-    def forward(self, x: Tensor | list[Tensor], rope: RopeArg | list[RopeArg] = None) -> Tensor | list[Tensor]:
-        """``[B, N, D] -> [B, N, D]``; a list of tensors (with a list of ropes) is processed item by item."""
-        if isinstance(x, list):
-            ropes = rope if isinstance(rope, list) else [rope] * len(x)
-            return [self.forward(t, r) for t, r in zip(x, ropes)]
-        if self.training and self.sample_drop_ratio > 0.1:
-            x = _drop_add_residual_subset(x, lambda t: self._attn_residual(t, rope), self.sample_drop_ratio)
-            return _drop_add_residual_subset(x, self._ffn_residual, self.sample_drop_ratio)
+    def forward(
+        self,
+        x_or_x_list: Tensor | list[Tensor],
+        rope_or_rope_list: RopeArg | list[RopeArg] = None,
+        *,
+        rope: RopeArg | list[RopeArg] = None,
+    ) -> Tensor | list[Tensor]:
+        """``[B, N, D] -> [B, N, D]``, or a list of such tensors (crops of different sizes) -> a list.
+
+        The reference's call pattern: ``block(x, rope)`` or ``block(x_list, rope_list)`` (``rope_list`` None: no
+        RoPE for any item; a single ``(sin, cos)`` pair is used for every item). ``rope=`` is the keyword of the
+        earlier ``forward(x, rope)`` signature and still accepted. In training with ``drop_path > 0`` a random
+        subset of each batch gets each residual branch (:meth:`_forward_list_drop`), as the reference.
+        """
+        if rope is not None:
+            if rope_or_rope_list is not None:
+                raise TypeError("pass the RoPE tables once: positionally (reference) or as rope=, not both")
+            rope_or_rope_list = rope
+        drop = self.training and self.sample_drop_ratio > 0.0
+        if isinstance(x_or_x_list, Tensor):
+            if drop:  # as the reference: a single tensor goes through the list path
+                return self._forward_list_drop([x_or_x_list], [rope_or_rope_list])[0]
+            return self._forward(x_or_x_list, rope_or_rope_list)
+        if not isinstance(x_or_x_list, list):
+            raise TypeError(f"expected a [B, N, D] tensor or a list of them, got {type(x_or_x_list).__name__}")
+        n = len(x_or_x_list)
+        ropes = rope_or_rope_list if isinstance(rope_or_rope_list, list) else [rope_or_rope_list] * n
+        if len(ropes) != n:
+            raise ValueError(f"got {n} token tensors but {len(ropes)} RoPE entries; pass one per tensor (or None)")
+        if drop:
+            return self._forward_list_drop(x_or_x_list, ropes)
+        return [self._forward(t, r) for t, r in zip(x_or_x_list, ropes)]
+
+    def _forward(self, x: Tensor, rope: RopeArg) -> Tensor:
+        """One tensor without stochastic depth (eval, or ``drop_path == 0``), with the inference fast paths."""
         if not self.training and _in_place_ok(self.attn, self.mlp, self.ls1, self.ls2):
             ws = active_workspace()
             if ws is not None:  # inside a ViT forward: the branches come in workspace buffers
@@ -107,8 +132,38 @@ class SelfAttentionBlock(nn.Module):
                 return _add_branch_(ws, x, self.mlp(self.norm2(x)), self.ls2)
             x = _scaled_residual_add_(self.attn(self.norm1(x), rope=rope), self.ls1, x)
             return _scaled_residual_add_(self.mlp(self.norm2(x)), self.ls2, x)
-        x = x + self.drop_path(self._attn_residual(x, rope))
-        return x + self.drop_path(self._ffn_residual(x))
+        x = x + self._attn_residual(x, rope)
+        return x + self._ffn_residual(x)
+
+    def _forward_list_drop(self, x_list: list[Tensor], rope_list: list[RopeArg]) -> list[Tensor]:
+        """Training-time stochastic depth, the reference's batch-subset scheme and random-number order.
+
+        Each residual branch runs on ``max(int(B * (1 - drop_path)), 1)`` samples of each ``[B, N, D]`` tensor,
+        picked by ``torch.randperm(B)``, and is added back (``index_add``) scaled by ``B / subset``; the other
+        samples skip it. The permutations are drawn as the reference draws them: one per tensor of the list for
+        the attention branch, then (after every attention branch) one per tensor for the FFN branch. The
+        reference runs the norms and linear layers of the list on the concatenated tokens; here they run per
+        tensor (the same operations per token, equal to float rounding).
+        """
+        subsets = [max(int(x.shape[0] * (1 - self.sample_drop_ratio)), 1) for x in x_list]
+        idx = [torch.randperm(x.shape[0], device=x.device)[:s] for x, s in zip(x_list, subsets)]
+        branch = [self._attn_residual(x[i], _index_rope(r, i)) for x, i, r in zip(x_list, idx, rope_list)]
+        x_list = [_index_add_scaled(x, i, b, s) for x, i, b, s in zip(x_list, idx, branch, subsets)]
+        idx = [torch.randperm(x.shape[0], device=x.device)[:s] for x, s in zip(x_list, subsets)]
+        branch = [self._ffn_residual(x[i]) for x, i in zip(x_list, idx)]
+        return [_index_add_scaled(x, i, b, s) for x, i, b, s in zip(x_list, idx, branch, subsets)]
+
+
+def _index_rope(rope: RopeArg, indices: Tensor) -> RopeArg:
+    """The RoPE tables of a batch subset: per-sample tables (``[B, ...]``, 4-D) are indexed, shared ones are not."""
+    if isinstance(rope, tuple) and rope[0].ndim == 4:
+        return rope[0][indices], rope[1][indices]
+    return rope
+
+
+def _index_add_scaled(x: Tensor, indices: Tensor, branch: Tensor, subset: int) -> Tensor:
+    """``x`` with ``branch * (B / subset)`` added to the samples ``indices`` (``[B, N, D]``, branch ``[subset, N, D]``)."""
+    return torch.index_add(x, 0, indices, branch.to(x.dtype), alpha=x.shape[0] / subset)
 
 
 def _add_branch_(ws: Workspace, x: Tensor, branch: Tensor, ls: nn.Module) -> Tensor:
@@ -147,13 +202,3 @@ def _scaled_residual_add_(branch: Tensor, ls: nn.Module, x: Tensor) -> Tensor:
     if type(ls) is nn.Identity and branch.dtype == x.dtype and branch.shape == x.shape and branch is not x:
         return branch.add_(x)
     return x + ls(branch)
-
-
-def _drop_add_residual_subset(x: Tensor, residual_func: Callable[[Tensor], Tensor], ratio: float) -> Tensor:
-    """Compute the residual on a random subset of the batch and add it back scaled by ``B / subset``."""
-    b = x.shape[0]
-    subset = max(int(b * (1 - ratio)), 1)
-    brange = torch.randperm(b, device=x.device)[:subset]
-    residual = residual_func(x[brange])
-    scale = b / subset
-    return torch.index_add(x.flatten(1), 0, brange, residual.to(dtype=x.dtype).flatten(1), alpha=scale).view_as(x)

@@ -1,4 +1,8 @@
-"""Stochastic depth (drop path) per sample."""
+"""Stochastic depth (drop path) per sample.
+
+Used by VGGT's blocks (``vggt_compat``: DINOv2's rule, per-sample below rate 0.1). The DINOv3 block does not use it:
+like the reference, it drops residual branches by batch subsetting at every rate (``SelfAttentionBlock``).
+"""
 
 from __future__ import annotations
 

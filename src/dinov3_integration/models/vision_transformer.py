@@ -72,7 +72,9 @@ class DinoVisionTransformer(nn.Module):
         embed_dim, depth, num_heads: width ``D``, number of blocks, heads.
         ffn_ratio: FFN hidden = ``int(D * ffn_ratio)`` (SwiGLU then rounds ``2/3`` of it).
         qkv_bias, ffn_bias, proj_bias: biases.
-        drop_path_rate: stochastic depth rate (the same for every block, as the reference).
+        drop_path_rate: stochastic depth rate (the same for every block, as the reference): in training each block's
+            residual branches run on a random ``1 - rate`` share of the batch (the reference's subset scheme and
+            random-number order; ``tests/data/reference/vit_training.safetensors``).
         layerscale_init: LayerScale init value (None: no LayerScale).
         norm_layer: ``"layernorm"`` (eps 1e-6), ``"layernormbf16"`` (eps 1e-5) or ``"rmsnorm"``.
         ffn_layer: ``"mlp"``, ``"swiglu"``, ``"swiglu32"``, ``"swiglu64"`` or ``"swiglu128"``.
@@ -307,7 +309,7 @@ class DinoVisionTransformer(nn.Module):
                 xs = [ws.own(t) for t in xs]  # fresh token tensors: the blocks add their branches in place
             for blk in self.blocks:
                 block_ropes = ropes if ropes is not None else [self.rope_embed(H=H, W=W) for H, W in grids]
-                xs = [self._run_block(blk, t, r) for t, r in zip(xs, block_ropes)]
+                xs = self._run_block(blk, xs, block_ropes)  # lists, as the reference (hooks see lists)
         return [self._output_dict(x, masks, idx) for idx, (x, masks) in enumerate(zip(xs, masks_list))]
 
     def _output_dict(self, x: Tensor, masks: Tensor | None, idx: int) -> dict[str, Any]:
