@@ -46,6 +46,7 @@ class Route:
     stall_times: int = 1
     chunk_size: int = 64 * 1024
     chunk_delay: float = 0.0
+    content_type: str = "application/octet-stream"
     headers: dict[str, str] = field(default_factory=dict)
     served: int = 0
     """Requests seen so far (updated under the server lock)."""
@@ -155,7 +156,7 @@ def _make_handler(server: LocalHTTPServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Range", f"bytes {start}-{len(route.body) - 1}/{len(route.body)}")
             if route.support_range:
                 self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Type", route.content_type)
             self.send_header("Content-Length", str(len(body)))
             for key, value in route.headers.items():
                 self.send_header(key, value)

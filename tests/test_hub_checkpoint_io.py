@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -116,6 +118,30 @@ def test_pickle_needing_code_is_refused(tmp_path: Path) -> None:
     message = str(info.value)
     assert "CustomPayload" in message and "arbitrary code" in message and "safetensors" in message
     assert isinstance(info.value, WeightsError)
+
+
+class _RunsCode:
+    """Unpickling this creates the folder ``marker``: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_raw_pickle_is_refused_as_unsafe_not_damaged(tmp_path: Path, protocol: int) -> None:
+    # A raw pickle (pickle.dump, not torch.save) that runs code when unpickled: refused as unsafe, never run.
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"w": _RunsCode(marker)}, protocol=protocol))
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_state_dict_file(path)
+    message = str(info.value)
+    assert "unsafe" in message and "damaged or truncated" not in message
+    assert "save_state_dict_file" in message and ".safetensors" in message  # how to convert it safely
+    assert not marker.exists()
 
 
 def test_html_error_page_is_explained(tmp_path: Path) -> None:

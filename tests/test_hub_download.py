@@ -18,6 +18,8 @@ from _http_server import LocalHTTPServer, make_hf_cache
 from dinov3_integration.hub import cache as cache_mod
 from dinov3_integration.hub.cache import (
     atomic_write,
+    cache_path_for_url,
+    cache_relpath,
     get_cache_dir,
     hash_prefix_from_filename,
     redact_url,
@@ -56,10 +58,10 @@ def server():
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Everything in ``folder`` except lock files (which filelock may keep, empty, by design)."""
+    """Every file in ``folder`` and its sub-folders (lock files and partial files included), relative, sorted."""
     if not folder.exists():
         return []
-    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
 
 
 def fetch(url: str, **kwargs: object) -> Path:
@@ -140,11 +142,12 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
 def test_download_into_cache_and_reuse(server: LocalHTTPServer, cache: Path) -> None:
     url = server.add("/w/model.pth", body=PAYLOAD)
     path = fetch(url)
-    assert path == cache / "model.pth"
+    # A name without a hash prefix is keyed on the URL: <hash of the URL without query>/model.pth.
+    assert path == cache_path_for_url(url) and path.parent.parent == cache and path.name == "model.pth"
     assert path.read_bytes() == PAYLOAD
     assert fetch(url) == path
     assert server.count("/w/model.pth") == 1  # the second call made no request
-    assert leftovers(cache) == ["model.pth"]
+    assert leftovers(cache) == [f"{path.parent.name}/model.pth"]
 
 
 def test_signed_url_cached_under_clean_name(server: LocalHTTPServer, cache: Path) -> None:
@@ -193,12 +196,13 @@ def test_caller_sha256_mismatch(server: LocalHTTPServer, cache: Path) -> None:
 
 
 def test_cached_file_checked_against_caller_sha256(server: LocalHTTPServer, cache: Path) -> None:
-    cache.mkdir()
-    (cache / "model.pth").write_bytes(b"something else")
     url = server.add("/w/model.pth", body=PAYLOAD)
+    cached = cache_path_for_url(url)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"something else")
     with pytest.raises(HashMismatchError, match="left untouched"):
         fetch(url, expected_sha256=SHA)
-    assert (cache / "model.pth").read_bytes() == b"something else"
+    assert cached.read_bytes() == b"something else"
     assert server.count("/w/model.pth") == 0
 
 
@@ -221,7 +225,7 @@ def test_dropped_first_attempt_succeeds_on_retry(server: LocalHTTPServer, cache:
     assert fetch(url, retries=2).read_bytes() == PAYLOAD
     records = server.records("/w/model.pth")
     assert len(records) == 2
-    assert leftovers(cache) == ["model.pth"]
+    assert leftovers(cache) == [cache_relpath(url)]
 
 
 def test_resumes_with_range_request(server: LocalHTTPServer, cache: Path) -> None:

@@ -35,7 +35,7 @@ _EXPORTS = {
         "CheckpointFormatError",
         "WeightsMismatchError",
     ],
-    "cache": ["get_cache_dir", "url_to_filename", "hash_prefix_from_filename"],
+    "cache": ["get_cache_dir", "url_to_filename", "cache_path_for_url", "hash_prefix_from_filename"],
     "download": ["download_url", "hf_download"],
     "checkpoint_io": ["load_state_dict_file", "save_state_dict_file", "unwrap_state_dict", "load_hf_model_folder"],
     "sources": ["resolve_weights", "official_filename", "hf_repo_id"],

@@ -1,4 +1,4 @@
-"""The weights cache folder, cache file names, hashing and atomic file writes.
+"""The weights cache folder, cache file names (safe, keyed on the URL), hashing and atomic file writes.
 
 The cache is ``$DINOV3_CACHE`` when set, otherwise ``<torch hub dir>/checkpoints`` (``torch.hub.get_dir()``, which
 honours ``$TORCH_HOME``, ``$XDG_CACHE_HOME`` and ``torch.hub.set_dir``), so official ``.pth`` files that users
@@ -11,13 +11,30 @@ import contextlib
 import hashlib
 import os
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from dinov3_integration._logging import get_logger
 from dinov3_integration.hub.errors import WeightsError
+from dinov3_integration.utils.atomic import atomic_path, fsync_dir
+from dinov3_integration.utils.redact import redact_url, strip_query
+
+__all__ = [
+    "CACHE_ENV",
+    "atomic_write",
+    "cache_path_for_url",
+    "cache_relpath",
+    "check_digest",
+    "ensure_dir",
+    "find_cached",
+    "fsync_dir",
+    "get_cache_dir",
+    "hash_prefix_from_filename",
+    "redact_url",
+    "sha256_file",
+    "url_to_filename",
+]
 
 log = get_logger("hub")
 
@@ -26,6 +43,9 @@ CACHE_ENV = "DINOV3_CACHE"
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-fA-F]{8,64})((?:\.[A-Za-z0-9]+)+)$")
 _CHUNK = 1 << 20
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_NAME_BYTES = 200
+"""Longest cache file name kept as is (file systems allow 255 bytes; temporaries and locks add a little)."""
 
 
 def get_cache_dir() -> Path:
@@ -54,26 +74,64 @@ def ensure_dir(folder: str | os.PathLike[str]) -> Path:
 
 
 def url_to_filename(url: str) -> str:
-    """Return the cache file name for ``url``: the last path component, without query string or fragment.
+    """Return a safe file name for ``url``: its last path component, without query string or fragment.
 
     Signed links keep their signature in the query string, so
     ``https://x/dinov3_vits16_pretrain_lvd1689m-08c60483.pth?Policy=...&Signature=...`` becomes
-    ``dinov3_vits16_pretrain_lvd1689m-08c60483.pth`` (the name ``torch.hub`` uses too).
+    ``dinov3_vits16_pretrain_lvd1689m-08c60483.pth`` (the name ``torch.hub`` uses too). The name is
+    percent-decoded, then only what follows the last ``/`` or ``\\`` is kept (``..%2F..%2Fx.pth`` -> ``x.pth``,
+    ``%2Fabs%2Fpath`` -> ``path``), control characters become ``_``, leading dots and spaces are dropped and the
+    length is capped, so the name never leaves the folder it is put in.
     """
-    name = unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
-    if not name or name in {".", ".."}:
+    try:
+        raw = urlsplit(url).path
+    except ValueError as exc:
+        raise WeightsError(f"Malformed URL {redact_url(url)!r} ({exc}). Check it, or pass a local file path.") from None
+    name = unquote(raw.rstrip("/").rsplit("/", 1)[-1])
+    name = _CONTROL.sub("_", name.replace("\\", "/").rsplit("/", 1)[-1]).lstrip(". ").rstrip(" ")
+    if not name:
         raise WeightsError(
             f"Cannot derive a file name from the URL {redact_url(url)!r}. Pass an explicit destination file (dst=...)."
         )
-    return name
+    return _cap_length(name)
 
 
-def redact_url(url: str) -> str:
-    """Return ``url`` without its query string and fragment, which may hold a signature, for logs and errors."""
-    parts = urlsplit(url)
-    if not parts.query and not parts.fragment:
-        return url
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")) + "?<query removed>"
+def _cap_length(name: str) -> str:
+    """``name`` shortened when longer than :data:`MAX_NAME_BYTES`: a hash of the whole name replaces the middle,
+    the end (suffixes, and the ``-<hex>`` hash prefix if any) is kept."""
+    if len(name.encode("utf-8", "surrogateescape")) <= MAX_NAME_BYTES:
+        return name
+    found = _HASH_IN_NAME.search(name)
+    tail = found.group(0) if found else name[name.rfind(".") :] if "." in name else ""
+    tail = tail if len(tail.encode("utf-8", "surrogateescape")) <= 96 else ""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    room = MAX_NAME_BYTES - len(tail.encode("utf-8", "surrogateescape")) - len(digest) - 1
+    head = name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return f"{head}_{digest}{tail}"
+
+
+def cache_relpath(url: str) -> str:
+    """Where ``url`` lives inside the cache folder, keyed on the URL without its query (no two URLs share a file).
+
+    A name that carries a hash prefix (``dinov3_vits16_pretrain_lvd1689m-08c60483.pth``) identifies its content, so
+    it stays at the top of the cache under its official name (where ``torch.hub`` puts it too). Any other name goes
+    into a sub-folder named after a hash of the URL without query, fragment or credentials, so
+    ``https://host/v1/model.pth`` and ``https://host/v2/model.pth`` are two files: ``<16 hex>/model.pth``.
+    """
+    name = url_to_filename(url)
+    if hash_prefix_from_filename(name):
+        return name
+    key = hashlib.sha256(strip_query(url).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{key}/{name}"
+
+
+def cache_path_for_url(url: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache file for ``url`` (see :func:`cache_relpath`), always inside the cache folder."""
+    root = Path(cache_dir) if cache_dir is not None else get_cache_dir()
+    parts = cache_relpath(url).split("/")
+    if any(p in {"", ".", ".."} or os.sep in p or (os.altsep and os.altsep in p) for p in parts):  # a guard only
+        raise WeightsError(f"Refusing the cache name of {redact_url(url)!r}: it would leave the cache folder.")
+    return root.joinpath(*parts)
 
 
 def hash_prefix_from_filename(name: str | os.PathLike[str]) -> str | None:
@@ -112,50 +170,15 @@ def find_cached(filename: str, cache_dir: str | os.PathLike[str] | None = None) 
     return candidate if candidate.is_file() else None
 
 
-def fsync_dir(folder: Path) -> None:
-    """Flush a folder's entry table to disk so a rename survives a crash (no-op where unsupported)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def temp_path_beside(dst: Path) -> Path:
-    """Create and return an empty, uniquely named ``.<dst name>.<random>.part`` file in ``dst``'s folder."""
-    for _ in range(100):
-        candidate = dst.parent / f".{dst.name}.{secrets.token_hex(4)}.part"
-        try:
-            # 0o666 filtered by the umask, like any normally created file (mkstemp would force 0o600).
-            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-        except FileExistsError:
-            continue
-        return candidate
-    raise WeightsError(f"Could not create a temporary file in {dst.parent}; remove stale '.part' files there.")
-
-
-def commit_file(tmp: Path, dst: Path) -> None:
-    """fsync ``tmp`` and atomically rename it to ``dst``."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dst)
-    fsync_dir(dst.parent)
-
-
 @contextlib.contextmanager
 def atomic_write(dst: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``dst``; on success it is fsynced and renamed onto ``dst``.
 
-    On any exception the temporary file is deleted and ``dst`` is left as it was, so no half-written file ever
-    appears under the final name.
+    A thin wrapper of :func:`dinov3_integration.utils.atomic.atomic_path` (the one owner of atomic writes) that
+    creates the folder with a :class:`WeightsError` saying what to do if it cannot. On any exception the temporary
+    file is deleted and ``dst`` is left as it was; the file gets the permissions a plain ``open`` would give.
     """
     target = Path(dst)
     ensure_dir(target.parent)
-    tmp = temp_path_beside(target)
-    try:
+    with atomic_path(target) as tmp:
         yield tmp
-        commit_file(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()

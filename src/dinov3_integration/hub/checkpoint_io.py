@@ -111,19 +111,32 @@ def _load_pickle(file: Path) -> Any:
         return torch.load(file, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
         message = str(exc)
-        if "GLOBAL" in message or "Unsupported global" in message:
+        if _refused_by_safe_loader(message):
             raise _unsafe_error(file, message) from None
         raise _damaged_error(file, exc) from exc
     except (RuntimeError, EOFError, ValueError) as exc:
         raise _damaged_error(file, exc) from exc
 
 
+def _refused_by_safe_loader(message: str) -> bool:
+    """True when ``torch.load(weights_only=True)`` refused the pickle's content (not a damaged/truncated file)."""
+    if "GLOBAL" in message or "Unsupported global" in message or "Unsupported operand" in message:
+        return True
+    damaged = ("truncated", "EOF", "invalid load key", "magic number")
+    return "Weights only load failed" in message and not any(word in message for word in damaged)
+
+
 def _unsafe_error(file: Path, message: str) -> UnsafeCheckpointError:
     found = _UNSAFE_GLOBAL.search(message)
-    what = f"the Python object {found.group(1)!r}" if found else "Python objects other than tensors"
+    if found:
+        what = f"the Python object {found.group(1)!r}"
+    elif "Unsupported operand" in message:
+        what = "pickle instructions that only a full unpickler runs (a raw pickle, not a torch.save file)"
+    else:
+        what = "Python objects other than tensors"
     return UnsafeCheckpointError(
-        f"Refusing to load {file}: it contains {what}, and unpickling it could run arbitrary code, so it is not "
-        "loaded (torch.load weights_only=True). If you trust the file, load it yourself with "
+        f"Refusing to load {file} as unsafe: it contains {what}, and unpickling it could run arbitrary code, so it "
+        "is not loaded (torch.load weights_only=True; the file is not damaged). If you trust the file, load it yourself with "
         "torch.load(path, weights_only=False), keep only the tensors (the model's state_dict) and save them with "
         "save_state_dict_file(state_dict, 'weights.safetensors'); or allowlist the class with "
         "torch.serialization.add_safe_globals([...]) before loading."

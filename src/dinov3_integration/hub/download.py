@@ -1,99 +1,61 @@
 """Downloading weights: plain URLs (official signed links, mirrors, ``file://``) and Hugging Face files.
 
-:func:`download_url` streams to a temporary file beside the destination while hashing, verifies the SHA-256
-digest, and only then renames the file into place, under a file lock so concurrent processes never corrupt it.
-Transient failures (dropped connections, timeouts, truncated bodies, HTTP 5xx) are retried with exponential
-back-off, resuming with an HTTP ``Range`` request when the server supports it; HTTP 4xx errors are not retried.
+:func:`download_url` streams to a partial file beside the destination (``.<hash>.part``, see
+:func:`~dinov3_integration.utils.atomic.partial_path`) while hashing, checks that every announced byte arrived,
+that the body is not an HTML/XML page, and the SHA-256 digest, and only then renames the file into place, under a
+per-file lock (:mod:`.lock`, removed afterwards) so concurrent processes never corrupt it. A partial file left
+by a killed process is resumed with an HTTP ``Range`` request when the file's hash is known (so the result is
+verified), and removed otherwise. Retries and resumption within one call: :mod:`.transfer`.
 
-:func:`hf_download` goes through ``huggingface_hub`` (which honours ``HF_HOME``, ``HF_HUB_CACHE``,
-``HF_HUB_OFFLINE`` and ``HF_TOKEN``) and turns its errors into :class:`~dinov3_integration.hub.errors.WeightsError`
-subclasses with actionable messages.
+Cache names come from :func:`~dinov3_integration.hub.cache.cache_path_for_url`: safe (never outside the cache
+folder) and keyed on the URL without its query. A signed link's query is never written to a file name, a log
+line, a progress bar or an error message.
+
+:func:`hf_download` (in :mod:`.huggingface`, re-exported here) goes through ``huggingface_hub``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import http.client
 import os
-import time
-import urllib.error
+import re
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
-from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from dinov3_integration._logging import get_logger
 from dinov3_integration.hub.cache import (
+    cache_path_for_url,
     check_digest,
-    commit_file,
     ensure_dir,
-    get_cache_dir,
     hash_prefix_from_filename,
-    redact_url,
     sha256_file,
-    temp_path_beside,
     url_to_filename,
 )
 from dinov3_integration.hub.errors import (
-    DINOV3_DOWNLOAD_FORM,
     DownloadError,
-    GatedRepoAccessError,
     HashMismatchError,
-    HTTPStatusError,
     IncompleteDownloadError,
-    LinkExpiredError,
-    RepoNotFoundError,
-    URLNotFoundError,
     WeightsError,
     WeightsNotFoundError,
 )
+from dinov3_integration.hub.huggingface import _hf_errors, hf_cache_dir, hf_download, hf_offline
+from dinov3_integration.hub.lock import file_lock
+from dinov3_integration.hub.transfer import Transfer, fetch, is_signed_url
+from dinov3_integration.utils.atomic import commit_temp, partial_path, remove_stale_temps
+from dinov3_integration.utils.redact import redact_url
 
 log = get_logger("hub")
 
-_CHUNK = 1 << 20
-_RETRY_STATUS = frozenset({408, 425, 429})
-_SIGNED_QUERY_KEYS = frozenset(
-    {"signature", "policy", "key-pair-id", "expires", "x-amz-signature", "x-amz-credential", "x-amz-security-token"}
-)
-_OFFICIAL_HOSTS = ("fbaipublicfiles.com",)
-# Network failures worth another attempt. HTTPError (a URLError) is handled separately, by status code.
-_TRANSIENT = (http.client.HTTPException, ConnectionError, TimeoutError, urllib.error.URLError)
+__all__ = ["download_url", "hf_cache_dir", "hf_download", "hf_offline", "is_signed_url"]
+_ = _hf_errors  # re-exported for callers of the old location
 
-
-def _user_agent() -> str:
-    try:
-        from importlib.metadata import version
-
-        return f"dinov3-integration/{version('dinov3-integration')}"
-    except Exception:  # not installed (source checkout)
-        return "dinov3-integration"
-
-
-@dataclass
-class _Transfer:
-    """Progress of one download across attempts."""
-
-    received: int = 0
-    total: int | None = None
-    digest: Any = field(default_factory=hashlib.sha256)
-
-    def restart(self, fh: IO[bytes]) -> None:
-        """Throw away what was received so far (the server cannot resume)."""
-        fh.seek(0)
-        fh.truncate()
-        self.received = 0
-        self.total = None
-        self.digest = hashlib.sha256()
-
-
-class _Truncated(Exception):
-    """The body ended before Content-Length bytes arrived (retryable)."""
+_BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f]")
+_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", "text/xml", "application/xml"})
+_HTML_STARTS = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"<!--", b"<error")
+_OLD_PART = re.compile(r"\.[0-9a-f]{8}\.part$")  # `.<name>.<8 hex>.part`, the partial files of earlier versions
 
 
 # --------------------------------------------------------------------------------------------------- public API
@@ -115,15 +77,18 @@ def download_url(
 
     Args:
         url: the URL; a signed link's query string is never used in file names, logs or error messages.
-        dst: destination file, or a folder to put it in. Default: the cache folder
-            (:func:`~dinov3_integration.hub.cache.get_cache_dir`) with the URL's file name. If the file already
-            exists it is reused and nothing is downloaded. A ``file://`` URL with no ``dst`` is read in place.
+        dst: destination file, or a folder to put it in (under the URL's file name). Default: the cache folder
+            (:func:`~dinov3_integration.hub.cache.get_cache_dir`), at
+            :func:`~dinov3_integration.hub.cache.cache_path_for_url` (the official name for names carrying a hash
+            prefix, else ``<hash of the URL>/<name>``). If the file already exists it is reused and nothing is
+            downloaded. A ``file://`` URL with no ``dst`` is read in place.
         expected_sha256: full hex SHA-256 the file must have.
         hash_prefix: hex prefix the SHA-256 must start with. Default (``None``): the prefix carried by the file
             name (``...-08c60483.pth``, the torch.hub convention), when ``check_hash`` is true.
         check_hash: set to ``False`` to skip the file-name prefix check (for names whose ``-<hex>`` suffix is not
             a hash). A given ``expected_sha256`` or ``hash_prefix`` is always checked.
-        progress: show a tqdm progress bar on stderr (only when it is a terminal).
+        progress: show a tqdm progress bar on stderr (only when it is a terminal), and say so on stderr when
+            waiting for another process that downloads the same file.
         retries: extra attempts after a transient failure (dropped connection, timeout, HTTP 5xx/408/429).
         backoff: seconds before the first retry; doubled for each further retry.
         timeout: socket timeout in seconds for connecting and for each read.
@@ -134,14 +99,9 @@ def download_url(
         HTTPStatusError: another HTTP error.
         HashMismatchError: the digest is wrong (the download is deleted).
         IncompleteDownloadError: the body kept arriving truncated.
-        DownloadError: other network failures after all retries.
+        DownloadError: a malformed URL, an HTML page instead of the file, other network failures after all retries.
     """
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in {"http", "https", "file"}:
-        raise WeightsError(
-            f"Unsupported URL {redact_url(url)!r}: only http://, https:// and file:// URLs can be downloaded. "
-            "For a local file, pass its path instead of a URL."
-        )
+    scheme = _check_url(url)
     if hash_prefix is None and check_hash:
         hash_prefix = hash_prefix_from_filename(url_to_filename(url))
     if scheme == "file" and dst is None:
@@ -151,7 +111,7 @@ def download_url(
     if target.is_file():
         return _use_cached(target, expected_sha256=expected_sha256)
     ensure_dir(target.parent)
-    with _locked(target):
+    with file_lock(target, announce=progress):
         if target.is_file():  # another process finished this download while we waited for the lock
             return _use_cached(target, expected_sha256=expected_sha256)
         _download_to(url, target, expected_sha256, hash_prefix, progress, retries, backoff, timeout)
@@ -159,18 +119,54 @@ def download_url(
     return target
 
 
-def is_signed_url(url: str) -> bool:
-    """True for links carrying a signature in their query string (CloudFront/S3 style), which expire."""
-    keys = {key.lower() for key, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
-    return bool(keys & _SIGNED_QUERY_KEYS)
-
-
 # --------------------------------------------------------------------------------------------------- URL helpers
+
+
+def _check_url(url: str) -> str:
+    """The URL's scheme (``http``, ``https`` or ``file``); a :class:`DownloadError` for anything unusable."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise DownloadError(
+            f"Malformed URL {shown!r} ({exc}). Check it, or pass a local file path.", url=shown
+        ) from None
+    if scheme not in {"http", "https", "file"}:
+        raise WeightsError(
+            f"Unsupported URL {shown!r}: only http://, https:// and file:// URLs can be downloaded. "
+            "For a local file, pass its path instead of a URL."
+        )
+    if _BAD_URL_CHARS.search(url):
+        raise DownloadError(
+            f"The URL {shown!r} contains a space or a control character. Write spaces as %20 (copy the link "
+            "exactly as given, without line breaks), or pass a local file path.",
+            url=shown,
+        )
+    if scheme != "file":
+        _check_host(host, shown)
+    return scheme
+
+
+def _check_host(host: str | None, shown: str) -> None:
+    try:
+        if not host:
+            raise ValueError("no host")
+        host.encode("idna")
+    except (UnicodeError, ValueError):
+        raise DownloadError(
+            f"The URL {shown!r} has no valid host name ({host!r}). If you copied an example URL (such as the README's "
+            "placeholder), replace it with the download link Meta e-mailed you, or pass the path of a local "
+            "weights file.",
+            url=shown,
+        ) from None
 
 
 def _resolve_dst(url: str, dst: str | os.PathLike[str] | None) -> Path:
     if dst is None:
-        return get_cache_dir() / url_to_filename(url)
+        return cache_path_for_url(url)
     path = Path(dst).expanduser()
     return path / url_to_filename(url) if path.is_dir() else path
 
@@ -221,21 +217,6 @@ def _verify_existing(path: Path, *, expected_sha256: str | None, hash_prefix: st
 # --------------------------------------------------------------------------------------------------- downloading
 
 
-@contextlib.contextmanager
-def _locked(target: Path) -> Iterator[None]:
-    """Hold ``<target>.lock`` so only one process downloads ``target`` at a time."""
-    lock = FileLock(f"{target}.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.debug("another process is downloading %s; waiting for it", target)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def _download_to(
     url: str,
     target: Path,
@@ -246,21 +227,87 @@ def _download_to(
     backoff: float,
     timeout: float,
 ) -> None:
-    """Download into a temporary file beside ``target``, verify it, then rename it; delete it on any failure."""
-    tmp = temp_path_beside(target)
+    """Download into the partial file beside ``target``, check it, then rename it; delete it on failure.
+
+    Called with ``target``'s lock held. A partial file from a killed run is resumed when the result will be
+    verified against a hash, removed otherwise; an interrupted (Ctrl-C) verified download keeps it for next time.
+    """
+    _remove_leftovers(target)
+    verified = bool(expected_sha256 or hash_prefix) and urlsplit(url).scheme.lower() in {"http", "https"}
+    part = partial_path(target)
+    state = Transfer()
+    keep = False
     try:
-        with open(tmp, "wb") as fh, _progress_bar(target.name, progress) as bar:
-            state = _fetch_with_retries(url, fh, bar, retries=retries, backoff=backoff, timeout=timeout)
+        with open(part, "r+b") as fh, _progress_bar(target.name, progress) as bar:
+            if verified:
+                state.seed(fh)
+                if state.received:
+                    log.info("resuming the partial download %s at byte %d", part, state.received)
+            else:
+                fh.truncate()
+            fetch(url, fh, bar, state, retries=retries, backoff=backoff, timeout=timeout)
+        _check_complete(url, part, state)
+        _check_not_a_page(url, part, state.content_type)
         _verify_download(url, state.digest.hexdigest(), expected_sha256, hash_prefix)
-        commit_file(tmp, target)
+        commit_temp(part, target)
+    except KeyboardInterrupt:
+        keep = verified
+        raise
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if not keep:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Remove what killed writers of ``target`` left: random temporaries, and earlier versions' partial files."""
+    removed = remove_stale_temps(target)
+    prefix = f".{target.name}."
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(target.parent):
+            tail = entry.name[len(prefix) - 1 :]
+            if entry.name.startswith(prefix) and _OLD_PART.fullmatch(tail) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    if removed:
+        log.debug("removed %d stale temporary file(s) of %s", removed, target)
 
 
 def _progress_bar(name: str, progress: bool) -> tqdm:
-    # disable=None lets tqdm switch itself off when stderr is not a terminal.
+    # disable=None lets tqdm switch itself off when stderr is not a terminal. The name never holds a query.
     return tqdm(desc=name, unit="B", unit_scale=True, unit_divisor=1024, disable=None if progress else True)
+
+
+def _check_complete(url: str, part: Path, state: Transfer) -> None:
+    """Every byte the server announced arrived (checked on disk too), and no more: else nothing is committed."""
+    size = part.stat().st_size
+    if state.total is None or (size == state.total == state.received):
+        return
+    shown = redact_url(url)
+    raise IncompleteDownloadError(
+        f"Download of {shown} is incomplete: the server announced {state.total} bytes, {size} arrived. Nothing was "
+        "saved. Try again, or download the file with a resumable tool (e.g. `wget -c`) and pass its local path.",
+        url=shown,
+        received=size,
+        expected=state.total,
+    )
+
+
+def _check_not_a_page(url: str, part: Path, content_type: str) -> None:
+    """Refuse an HTML/XML page (a login, error or expired-link page) in place of the file."""
+    with open(part, "rb") as fh:
+        head = fh.read(64).lstrip().lower()
+    if content_type not in _HTML_TYPES and not head.startswith(_HTML_STARTS):
+        return
+    shown = redact_url(url)
+    raise DownloadError(
+        f"{shown} answered with a web page ({content_type or 'HTML/XML'}), not a weights file: most likely an "
+        "expired or incomplete signed link, or a page that needs a login. Nothing was saved. Use the direct "
+        "download link (for DINOv3, a fresh one from Meta's download form), or download the file yourself and "
+        "pass its local path.",
+        url=shown,
+    )
 
 
 def _verify_download(url: str, actual: str, expected_sha256: str | None, hash_prefix: str | None) -> None:
@@ -274,312 +321,4 @@ def _verify_download(url: str, actual: str, expected_sha256: str | None, hash_pr
         "(request a fresh link or check the expected hash).",
         expected=expected,
         actual=actual,
-    )
-
-
-def _fetch_with_retries(
-    url: str, fh: IO[bytes], bar: tqdm, *, retries: int, backoff: float, timeout: float
-) -> _Transfer:
-    state = _Transfer()
-    last: BaseException | None = None
-    attempts = max(0, retries) + 1
-    for attempt in range(attempts):
-        if attempt:
-            delay = backoff * 2 ** (attempt - 1)
-            log.debug("retrying %s in %.2fs (attempt %d/%d): %s", redact_url(url), delay, attempt + 1, attempts, last)
-            time.sleep(delay)
-        try:
-            _fetch_once(url, fh, bar, state, timeout)
-            return state
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code == 416 and state.received:  # our Range is past the end: start over
-                state.restart(fh)
-                bar.reset()
-            elif not _is_retryable_status(exc.code):
-                raise _http_status_error(url, exc.code, exc.reason) from None
-            last = exc
-        except (_Truncated, *_TRANSIENT) as exc:
-            last = exc
-    raise _final_error(url, last, state, attempts)
-
-
-def _fetch_once(url: str, fh: IO[bytes], bar: tqdm, state: _Transfer, timeout: float) -> None:
-    """One attempt: (re)start or resume the transfer and stream the body into ``fh``."""
-    headers = {"User-Agent": _user_agent()}
-    resuming = state.received > 0 and urlsplit(url).scheme.lower() in {"http", "https"}
-    if resuming:
-        headers["Range"] = f"bytes={state.received}-"
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
-        if resuming and _resume_offset(resp) == state.received:
-            log.debug("resuming %s at byte %d", redact_url(url), state.received)
-        else:
-            if state.received:
-                log.debug("server cannot resume %s; starting over", redact_url(url))
-                state.restart(fh)
-                bar.reset()
-            state.total = _int_header(resp, "Content-Length")
-        bar.total = state.total
-        bar.refresh()
-        _stream(resp, fh, bar, state)
-    if state.total is not None and state.received < state.total:
-        raise _Truncated(f"received {state.received} of {state.total} bytes")
-
-
-def _stream(resp: Any, fh: IO[bytes], bar: tqdm, state: _Transfer) -> None:
-    while True:
-        chunk = resp.read(_CHUNK)
-        if not chunk:
-            return
-        try:
-            fh.write(chunk)
-        except OSError as exc:  # disk full, quota, ...: not a network problem, do not retry
-            raise WeightsError(
-                f"Cannot write the download to {fh.name}: {exc.strerror or exc}. Free some disk space there or "
-                "choose another folder (set $DINOV3_CACHE or pass dst=...)."
-            ) from exc
-        state.digest.update(chunk)
-        state.received += len(chunk)
-        bar.update(len(chunk))
-
-
-def _int_header(resp: Any, name: str) -> int | None:
-    value = resp.headers.get(name)
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _resume_offset(resp: Any) -> int | None:
-    """Start offset of a ``206 Partial Content`` answer (and set nothing else), or ``None`` if it is not one."""
-    if getattr(resp, "status", None) != 206:
-        return None
-    content_range = resp.headers.get("Content-Range", "")  # "bytes 100-199/200"
-    try:
-        unit, _, spec = content_range.partition(" ")
-        start = int(spec.split("-", 1)[0])
-    except ValueError:
-        return None
-    return start if unit == "bytes" else None
-
-
-def _is_retryable_status(status: int) -> bool:
-    return status >= 500 or status in _RETRY_STATUS
-
-
-def _is_official_link(url: str) -> bool:
-    host = (urlsplit(url).hostname or "").lower()
-    return is_signed_url(url) or any(host == h or host.endswith("." + h) for h in _OFFICIAL_HOSTS)
-
-
-def _http_status_error(url: str, status: int, reason: object) -> HTTPStatusError:
-    shown = redact_url(url)
-    if status in {401, 403} and _is_official_link(url):
-        return LinkExpiredError(
-            f"HTTP {status} (access denied) for {shown}: the signed download link has probably expired (the links "
-            f"Meta e-mails for DINOv3 are only valid for a limited time). Request a fresh link from Meta's DINOv3 "
-            f"download form ({DINOV3_DOWNLOAD_FORM}) and use the new URL, or download the file yourself and pass "
-            "its local path.",
-            url=shown,
-            status=status,
-        )
-    if status in {404, 410}:
-        return URLNotFoundError(
-            f"HTTP {status}: nothing found at {shown}. Check the URL for typos, or pass a local file path instead.",
-            url=shown,
-            status=status,
-        )
-    if status in {401, 403}:
-        return HTTPStatusError(
-            f"HTTP {status} (access denied) for {shown}. Check that the URL is right and that you are allowed to "
-            "download it (log in / use a fresh link), or download it yourself and pass its local path.",
-            url=shown,
-            status=status,
-        )
-    return HTTPStatusError(
-        f"HTTP {status} {reason} for {shown}. Check the URL, or download the file yourself and pass its local path.",
-        url=shown,
-        status=status,
-    )
-
-
-def _final_error(url: str, last: BaseException | None, state: _Transfer, attempts: int) -> DownloadError:
-    shown = redact_url(url)
-    if isinstance(last, urllib.error.HTTPError):
-        return HTTPStatusError(
-            f"HTTP {last.code} {last.reason} for {shown}, {attempts} attempt(s). The server seems to be having "
-            "trouble; try again later, or download the file yourself and pass its local path.",
-            url=shown,
-            status=last.code,
-        )
-    if state.total is not None and isinstance(last, (_Truncated, http.client.IncompleteRead, ConnectionError)):
-        return IncompleteDownloadError(
-            f"Download of {shown} was cut off {attempts} time(s); the last attempt received {state.received} of "
-            f"{state.total} bytes. Nothing was saved. Check your connection and try again, or download the file with "
-            "a resumable tool (e.g. `wget -c`) and pass its local path.",
-            url=shown,
-            received=state.received,
-            expected=state.total,
-        )
-    reason = getattr(last, "reason", None) or last
-    return DownloadError(
-        f"Could not download {shown} after {attempts} attempt(s): {reason}. Check your network connection and "
-        "proxy settings (HTTPS_PROXY), or download the file elsewhere and pass its local path.",
-        url=shown,
-    )
-
-
-# --------------------------------------------------------------------------------------------------- Hugging Face
-
-
-def hf_offline() -> bool:
-    """True when Hugging Face offline mode is on (``HF_HUB_OFFLINE``, read now as well as at import time)."""
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return bool(getattr(constants, "HF_HUB_OFFLINE", False)) or env.strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def hf_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The Hugging Face hub cache folder in use: ``cache_dir``, ``$HF_HUB_CACHE`` (read now), or the library default."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("HF_HUB_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def hf_download(
-    repo_id: str,
-    filename: str,
-    revision: str | None = None,
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    local_files_only: bool | None = None,
-    token: str | bool | None = None,
-) -> Path:
-    """Fetch ``filename`` from the Hugging Face model repository ``repo_id`` (cached) and return its local path.
-
-    ``local_files_only`` defaults to the offline mode (:func:`hf_offline`); ``token`` defaults to the logged-in
-    token or ``$HF_TOKEN``. Errors become :class:`GatedRepoAccessError`, :class:`WeightsNotFoundError` (with the
-    cache folder that was searched) or :class:`DownloadError`.
-    """
-    from huggingface_hub import hf_hub_download
-
-    offline = hf_offline() if local_files_only is None else local_files_only
-    folder = hf_cache_dir(cache_dir)
-    try:
-        path = hf_hub_download(
-            repo_id,
-            filename,
-            revision=revision,
-            cache_dir=folder,
-            local_files_only=offline,
-            token=token,
-            library_name="dinov3-integration",
-        )
-    except Exception as exc:
-        translated = _translate_hf_error(exc, repo_id, filename, revision, folder, offline)
-        if translated is None:
-            raise
-        raise translated from exc
-    log.debug("resolved hf://%s/%s@%s -> %s", repo_id, filename, revision or "main", path)
-    return Path(path)
-
-
-def _hf_errors() -> dict[str, type[BaseException]]:
-    try:
-        from huggingface_hub import errors as hf_errors
-    except ImportError:  # huggingface_hub < 0.24 keeps them in utils
-        from huggingface_hub import utils as hf_errors
-    names = [
-        "GatedRepoError",
-        "LocalEntryNotFoundError",
-        "RepositoryNotFoundError",
-        "RevisionNotFoundError",
-        "EntryNotFoundError",
-        "HfHubHTTPError",
-        "HFValidationError",
-        "OfflineModeIsEnabled",
-    ]
-    return {name: getattr(hf_errors, name) for name in names if hasattr(hf_errors, name)}
-
-
-def _http_status_of(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _translate_hf_error(
-    exc: BaseException, repo_id: str, filename: str, revision: str | None, cache: Path, offline: bool
-) -> WeightsError | None:
-    """Map a huggingface_hub exception to a WeightsError with an actionable message (``None``: unknown error)."""
-    err = _hf_errors()
-    rev = revision or "main"
-    page = f"https://huggingface.co/{repo_id}"
-    login = "log in with `hf auth login` (or set HF_TOKEN to a token of an account that has access)"
-
-    def isa(*names: str) -> bool:
-        types = tuple(err[n] for n in names if n in err)
-        return bool(types) and isinstance(exc, types)
-
-    if isa("GatedRepoError") or (isa("HfHubHTTPError") and _http_status_of(exc) in {401, 403}):
-        return GatedRepoAccessError(
-            f"Access to the Hugging Face repository {repo_id} was refused: the repository is gated. Accept the "
-            f"licence at {page} and {login}, then try again."
-        )
-    if isa("LocalEntryNotFoundError"):
-        return _hf_not_cached_error(repo_id, filename, rev, cache, offline)
-    if isa("RepositoryNotFoundError"):
-        return RepoNotFoundError(
-            f"Hugging Face repository {repo_id} not found, or it is private/gated and no valid token was sent. Check "
-            f"the id (DINOv3 repositories look like facebook/dinov3-vitl16-pretrain-lvd1689m); if it is gated, "
-            f"accept the licence at {page} and {login}.",
-            searched=[page],
-        )
-    if isa("RevisionNotFoundError"):
-        return RepoNotFoundError(
-            f"Revision {rev!r} does not exist in the Hugging Face repository {repo_id}. Use a branch, tag or commit "
-            f"listed at {page}/tree/main (or omit the revision).",
-            searched=[f"{page}@{rev}"],
-        )
-    if isa("EntryNotFoundError"):
-        return WeightsNotFoundError(
-            f"The Hugging Face repository {repo_id} (revision {rev}) has no file {filename!r}. See the files at "
-            f"{page}/tree/{rev} and pick the weights file from there.",
-            searched=[f"{page}/blob/{rev}/{filename}"],
-        )
-    if isa("HFValidationError"):
-        return WeightsError(f"{repo_id!r} is not a valid Hugging Face repository id ({exc}). Use 'org/name'.")
-    if isa("HfHubHTTPError", "OfflineModeIsEnabled") or isinstance(exc, (ConnectionError, TimeoutError)):
-        return DownloadError(
-            f"Could not download {filename!r} from the Hugging Face repository {repo_id}: {exc}. Check your network "
-            "connection, or run offline (HF_HUB_OFFLINE=1) with the file already in the cache.",
-            url=f"{page}/blob/{rev}/{filename}",
-        )
-    return None
-
-
-def _hf_not_cached_error(repo_id: str, filename: str, rev: str, cache: Path, offline: bool) -> WeightsError:
-    """Offline: nothing cached (a WeightsNotFoundError listing the cache searched). Online: the Hub could not be
-    reached, a network problem (a DownloadError, so callers do not try more files and wait for more timeouts)."""
-    folder = cache / f"models--{repo_id.replace('/', '--')}"
-    place = f"Hugging Face cache {folder} (file {filename!r}, revision {rev})"
-    if not offline:
-        return DownloadError(
-            f"Could not reach the Hugging Face Hub to get {filename!r} from {repo_id}, and it is not in the local "
-            f"cache ({place}). Check your network connection and proxy settings (HTTPS_PROXY), or pass the path of "
-            "a local weights file.",
-            url=f"https://huggingface.co/{repo_id}/blob/{rev}/{filename}",
-        )
-    return WeightsNotFoundError(
-        f"{filename!r} from the Hugging Face repository {repo_id} is not in the local cache and Hugging Face offline "
-        f"mode is on (HF_HUB_OFFLINE=1 or local_files_only), so the Hub was not contacted. Searched: {place}. "
-        f"Download it once while online (e.g. `hf download {repo_id} {filename}`), point HF_HUB_CACHE at a cache "
-        "that has it, or pass the path of a local weights file.",
-        searched=[place],
     )

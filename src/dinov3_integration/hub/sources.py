@@ -28,7 +28,7 @@ from torch import Tensor
 
 from dinov3_integration._logging import get_logger
 from dinov3_integration.hub import formats
-from dinov3_integration.hub.cache import get_cache_dir, redact_url, url_to_filename
+from dinov3_integration.hub.cache import cache_path_for_url, get_cache_dir, redact_url, url_to_filename
 from dinov3_integration.hub.checkpoint_io import (
     hf_weight_files,
     is_hf_model_folder,
@@ -311,8 +311,8 @@ def _from_url(model_name: str, url: str, *, offline: bool, progress: bool, check
     filename = url_to_filename(url)
     _check_official_name(model_name, filename)
     is_file_url = url.lower().startswith("file://")
-    if offline and not is_file_url and not (get_cache_dir() / filename).is_file():
-        cached = get_cache_dir() / filename
+    cached = None if is_file_url else cache_path_for_url(url)
+    if offline and cached is not None and not cached.is_file():
         raise WeightsNotFoundError(
             f"Offline mode: {filename} is not in the weights cache ({cached}) and {redact_url(url)} was not "
             f"downloaded. Go online (unset HF_HUB_OFFLINE) or copy the file to {cached}.",

@@ -19,18 +19,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "PARTIAL_SUFFIX",
     "TEMP_SUFFIX",
     "atomic_dir",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "commit_temp",
     "current_umask",
     "fsync_dir",
+    "partial_path",
     "remove_stale_temps",
     "temp_prefix",
 ]
 
 TEMP_SUFFIX = ".tmp"
+PARTIAL_SUFFIX = ".part"
 
 
 def current_umask() -> int:
@@ -81,6 +85,30 @@ def _fix_mode(path: Path, *, folder: bool) -> None:
         os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
 
 
+def partial_path(dst: str | os.PathLike[str]) -> Path:
+    """The one stable temporary name for ``dst`` (``.<hash>.part``), created empty if missing, for resumable writers.
+
+    Unlike :func:`atomic_path`'s random names, a killed writer's partial file is found again by the next one (a
+    download resumes it with an HTTP ``Range`` request, or removes it). Only one writer may use it at a time: hold
+    a lock on ``dst``. Commit it with :func:`commit_temp`. It is never matched by :func:`remove_stale_temps`.
+    """
+    target = Path(dst)
+    path = target.parent / (temp_prefix(target) + PARTIAL_SUFFIX[1:])  # .<hash>.part
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o666))  # 0o666 filtered by the umask, like open(..., "w")
+    return path
+
+
+def commit_temp(tmp: str | os.PathLike[str], dst: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    """Give ``tmp`` plain-``open`` permissions, flush it and rename it onto ``dst`` (same folder)."""
+    tmp, target = Path(tmp), Path(dst)
+    _fix_mode(tmp, folder=False)
+    if fsync:
+        _fsync_file(tmp)
+    os.replace(tmp, target)
+    if fsync:
+        fsync_dir(target.parent)
+
+
 @contextlib.contextmanager
 def atomic_path(dst: str | os.PathLike[str], *, fsync: bool = True) -> Iterator[Path]:
     """Yield an empty temporary file path beside ``dst``; on success it is renamed onto ``dst``.
@@ -93,12 +121,7 @@ def atomic_path(dst: str | os.PathLike[str], *, fsync: bool = True) -> Iterator[
     tmp = _new_temp(target)
     try:
         yield tmp
-        _fix_mode(tmp, folder=False)
-        if fsync:
-            _fsync_file(tmp)
-        os.replace(tmp, target)
-        if fsync:
-            fsync_dir(target.parent)
+        commit_temp(tmp, target, fsync=fsync)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
