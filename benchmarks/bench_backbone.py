@@ -109,10 +109,11 @@ def build_impl(impl: str, name: str, state_dict: dict[str, Tensor]) -> nn.Module
     """One implementation of ``name`` (eval mode, float32, on CPU) loaded with ``state_dict`` (ours' format)."""
     from dinov3_integration.hub.formats import hf_config_from_kwargs, official_to_hf, official_to_timm
 
-    if impl in ("ours", "ours-noworkspace"):
+    if impl in ("ours", "ours-noworkspace", "ours-reference"):
         model = create_model(name)
         model.load_state_dict(state_dict, strict=True)
         model.use_workspace = impl == "ours"  # ours-noworkspace: what the workspace buys, measured side by side
+        model.use_fast_paths = impl != "ours-reference"  # ours-reference: the reference code, no fast paths
     elif impl == "timm":
         import timm
 
@@ -426,7 +427,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--impls",
         default=",".join(IMPLS),
-        help="comma list of ours, timm, transformers (and ours-noworkspace: ours with use_workspace=False)",
+        help="comma list of ours, timm, transformers (and ours-noworkspace: ours with use_workspace=False; "
+        "ours-reference: ours with use_fast_paths=False)",
     )
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per row (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per candidate before timing")

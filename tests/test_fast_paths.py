@@ -9,6 +9,8 @@ computation.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -20,10 +22,12 @@ from dinov3_integration.layers import (
     RopePositionEmbedding,
     SelfAttention,
     SelfAttentionBlock,
+    fast_paths_enabled,
+    set_fast_paths,
 )
 from dinov3_integration.layers.ffn import SwiGLUFFN
 from dinov3_integration.layers.rope import rope_apply, rope_apply_
-from dinov3_integration.layers.workspace import Workspace, active_workspace, inference_workspace
+from dinov3_integration.layers.workspace import Role, Workspace, inference_workspace
 from dinov3_integration.models import DinoVisionTransformer
 
 TINY = {
@@ -268,31 +272,20 @@ def test_model_list_input_fast_path_matches_autograd_path() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ rope cache
-def test_rope_cache_hit_returns_the_same_tensors() -> None:
-    rope = RopePositionEmbedding(64, num_heads=2).eval()
-    a = rope(H=3, W=5)
-    b = rope(H=3, W=5)
-    assert a[0] is b[0] and a[1] is b[1]
-    assert rope(H=5, W=3)[0] is not a[0]
-    fresh = rope.compute(3, 5)
-    assert torch.equal(a[0], fresh[0]) and torch.equal(a[1], fresh[1])
-
-
-def test_rope_cache_invalidated_by_load_state_dict_and_to() -> None:
+def test_rope_tables_are_computed_per_call() -> None:
+    """No cache: the tables always follow ``periods`` (also after ``load_state_dict`` and ``.to()``)."""
     model = tiny_model()
     rope = model.rope_embed
     a = rope(H=2, W=2)
+    assert torch.equal(a[0], rope.compute(2, 2)[0]) and torch.equal(a[1], rope.compute(2, 2)[1])
     sd = model.state_dict()
     sd["rope_embed.periods"] = sd["rope_embed.periods"] * 2
     model.load_state_dict(sd)
     b = rope(H=2, W=2)
-    assert b[0] is not a[0] and not torch.equal(b[0], a[0])
+    assert not torch.equal(b[0], a[0])
     assert torch.equal(b[0], rope.compute(2, 2)[0])
-    assert len(rope._cache) > 0
-    model.to(torch.float32)
-    assert len(rope._cache) == 0
-    c = rope(H=2, W=2)
-    assert c[0] is not b[0] and torch.equal(c[0], b[0])
+    model.to(torch.float64)
+    assert rope(H=2, W=2)[0].dtype == torch.float64
 
 
 def test_rope_fetched_once_per_forward_in_eval_and_per_block_in_training() -> None:
@@ -305,10 +298,8 @@ def test_rope_fetched_once_per_forward_in_eval_and_per_block_in_training() -> No
     assert len(calls) == 1
     calls.clear()
     model.train()
-    model.rope_embed._cache.clear()
     model(x)
     assert len(calls) == 3
-    assert len(model.rope_embed._cache) == 0, "training must not use (or fill) the cache"
     # augmentations draw new coordinates per block in training
     assert not torch.equal(calls[0][0], calls[1][0])
 
@@ -370,17 +361,50 @@ def test_compiled_inductor_equals_eager() -> None:
 def test_workspace_buffer_is_reused_and_grows() -> None:
     ws = Workspace()
     like = torch.empty(0)
-    a = ws.buffer("wide", (4, 6), like)
-    b = ws.buffer("wide", (3, 8), like)  # 24 elements: same memory, another shape
+    a = ws.take(Role.WIDE, (4, 6), like)
+    ws.release(a)
+    b = ws.take(Role.WIDE, (3, 8), like)  # 24 elements: same memory, another shape
     assert b.shape == (3, 8) and b.data_ptr() == a.data_ptr()
-    c = ws.buffer("wide", (5, 6), like)  # larger: grown
+    ws.release(b)
+    c = ws.take(Role.WIDE, (5, 6), like, spare=4)  # larger: grown, with 4 spare elements after it
     assert c.shape == (5, 6) and c.is_contiguous()
-    assert ws.buffer("branch", (4, 6), like).data_ptr() != c.data_ptr()
-    assert ws.buffer("wide", (4, 6), torch.empty(0, dtype=torch.float64)).dtype == torch.float64
-    tail = ws.buffer("wide", (2, 3), like, offset=24)  # inside the 30 elements: the same memory, 24 in
-    assert tail.data_ptr() == c.data_ptr() + 24 * c.element_size()
-    grown = ws.buffer("wide", (2, 5), like, offset=24)  # past the end: new memory; c stays valid (its own storage)
-    assert grown.data_ptr() != c.data_ptr() + 24 * c.element_size() and ws.reserve("wide", 1, like).numel() == 34
+    assert ws.spare(Role.WIDE, (2, 2), like).data_ptr() == c.data_ptr() + 30 * c.element_size()
+    with pytest.raises(RuntimeError, match="spare room"):
+        ws.spare(Role.WIDE, (5,), like)
+    branch = ws.take(Role.BRANCH, (4, 6), like)
+    assert branch.data_ptr() != c.data_ptr()
+    assert ws.take(Role.WIDE, (4, 6), torch.empty(0, dtype=torch.float64)).dtype == torch.float64  # own buffer
+    assert ws.holds(c) and not ws.holds(c.view(30))
+    ws.release(c.view(30))  # not the taken tensor: a no-op
+    assert ws.holds(c)
+
+
+def test_workspace_refuses_overlapping_lifetimes() -> None:
+    """A role taken twice would hand out memory that still holds a live tensor: an error, never silent."""
+    ws = Workspace()
+    like = torch.empty(0)
+    held = ws.take(Role.BRANCH, (2, 3), like)
+    with pytest.raises(RuntimeError, match="taken twice"):
+        ws.take(Role.BRANCH, (2, 3), like)
+    with pytest.raises(RuntimeError, match="cannot grow"):
+        ws.reserve(Role.BRANCH, 100, like)
+    ws.release(held)
+    ws.take(Role.BRANCH, (2, 3), like)
+
+
+def test_debug_workspace_poisons_taken_and_released_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DINOV3_DEBUG_WORKSPACE", "1")
+    ws = Workspace()
+    assert ws.debug and not Workspace(debug=False).debug
+    like = torch.empty(0)
+    t = ws.take(Role.WIDE, (2, 3), like)
+    assert t.isnan().all()  # uninitialised memory reads as NaN
+    t.fill_(1.0)
+    stale = t.view(6)  # a view kept past the release
+    ws.release(t)
+    assert stale.isnan().all()  # any use of a dead tensor shows up as NaN
+    monkeypatch.setenv("DINOV3_DEBUG_WORKSPACE", "0")
+    assert not Workspace().debug
 
 
 def test_rope_apply_inplace_with_scratch_is_bit_identical() -> None:
@@ -403,36 +427,37 @@ def test_workspace_ownership_is_by_identity() -> None:
 def test_model_forward_reuses_workspace_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path really runs through the workspace: one buffer per role for all blocks.
 
-    "wide" holds qkv (3D) with room for a RoPE temporary after it, then the MLP hidden activation (4D), all in one
-    allocation; "branch" the other RoPE temporary, then the projections back to D.
+    WIDE holds qkv (3D) with room for a RoPE temporary after it, then the MLP hidden activation (4D), all in one
+    allocation; BRANCH the other RoPE temporary, then the projections back to D. Every take is released.
     """
     model = tiny_model(depth=3)
     x = torch.randn(2, 3, 32, 48)
-    ptrs: dict[str, set[int]] = {}  # role -> data pointers handed out
-    allocations: dict[str, set[int]] = {}  # role -> the role's underlying buffers
-    original_buffer, original_reserve = Workspace.buffer, Workspace.reserve
+    ptrs: dict[Role, set[int]] = {}  # role -> data pointers handed out
+    allocations: dict[Role, set[int]] = {}  # role -> the role's underlying buffers
+    workspaces: list[Workspace] = []
+    original_take, original_reserve = Workspace.take, Workspace.reserve
 
-    def spy_buffer(self, role, shape, like, offset=0):
-        buf = original_buffer(self, role, shape, like, offset)
+    def spy_take(self, role, shape, like, spare=0):
+        buf = original_take(self, role, shape, like, spare)
         ptrs.setdefault(role, set()).add(buf.data_ptr())
+        workspaces.append(self)
         return buf
 
     def spy_reserve(self, role, numel, like):
-        flat = original_reserve(self, role, numel, like)
-        allocations.setdefault(role, set()).add(flat.data_ptr())
-        return flat
+        original_reserve(self, role, numel, like)
+        allocations.setdefault(role, set()).add(self._buffers[(role, like.dtype, like.device)].data_ptr())
 
-    monkeypatch.setattr(Workspace, "buffer", spy_buffer)
+    monkeypatch.setattr(Workspace, "take", spy_take)
     monkeypatch.setattr(Workspace, "reserve", spy_reserve)
     expected = autograd_path(model.forward_features, x)
     assert ptrs == {}  # not with autograd
     with torch.inference_mode():
         got = model.forward_features(x)
     assert_equal_tree(got, expected)
-    assert set(ptrs) == {"wide", "branch"}
-    assert len(ptrs["wide"]) == 2 and len(ptrs["branch"]) == 1, ptrs  # wide: qkv, and the RoPE temporary after it
+    assert set(ptrs) == {Role.WIDE, Role.BRANCH}
+    assert len(ptrs[Role.WIDE]) == 1 and len(ptrs[Role.BRANCH]) == 1, ptrs
     assert all(len(a) == 1 for a in allocations.values()), allocations  # one allocation per role, never grown
-    assert active_workspace() is None  # left when the forward returned
+    assert len(set(map(id, workspaces))) == 1 and workspaces[0].taken() == []  # all released
     ptrs.clear()
     model.use_workspace = False
     with torch.inference_mode():
@@ -496,12 +521,8 @@ def zero_mask_model() -> DinoVisionTransformer:
     return model
 
 
-def test_vanishing_masked_bias_is_skipped_only_without_gradients() -> None:
+def test_zero_masked_bias_model_fast_path_matches_autograd_path() -> None:
     model = zero_mask_model()
-    qkv = model.blocks[0].attn.qkv
-    assert qkv.effective_bias() is not None  # gradients on: the reference computation
-    with torch.no_grad():
-        assert qkv.effective_bias() is None
     x = torch.randn(2, 3, 32, 48)
     expected = autograd_path(model.forward_features, x)
     with torch.inference_mode():
@@ -511,18 +532,16 @@ def test_vanishing_masked_bias_is_skipped_only_without_gradients() -> None:
         assert_equal_tree(model.forward_features(x), expected)
 
 
-def test_vanishing_masked_bias_is_rechecked_after_changes() -> None:
+def test_masked_bias_is_always_added() -> None:
+    """``bias * bias_mask`` is added on every call, whatever its values (NaN * 0 is NaN, as in the reference)."""
     qkv = randomize_(LinearKMaskedBias(8, 24))
+    x = torch.randn(3, 8)
     with torch.no_grad():
-        assert qkv.effective_bias() is not None  # mask [1, 0, 1]
-        qkv.bias_mask.zero_()
-        assert qkv.effective_bias() is None
-        qkv.bias[0] = float("nan")  # NaN * 0 is NaN: the reference output is NaN, so the bias is kept
-        assert qkv.effective_bias() is not None
-        qkv.bias[0] = 1.0
-        assert qkv.effective_bias() is None
-        qkv.reset_bias_mask()
-        assert torch.equal(qkv.effective_bias(), qkv.masked_bias())
+        for edit in (lambda: None, qkv.bias_mask.zero_, lambda: qkv.bias.data.__setitem__(0, float("nan"))):
+            edit()
+            expected = torch.nn.functional.linear(x, qkv.weight, qkv.bias * qkv.bias_mask)
+            torch.testing.assert_close(qkv(x), expected, rtol=0, atol=0, equal_nan=True)
+        assert qkv(x)[:, 0].isnan().all()
 
 
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
@@ -534,3 +553,126 @@ def test_compiled_model_with_vanishing_masked_bias_equals_eager(backend: str) ->
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), atol=1e-6, rtol=0)
     torch.testing.assert_close(compiled(x), autograd_path(model, x), atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ switch, decision
+FAST_FORWARDS = [(SelfAttention, "_forward_fast"), (Mlp, "_forward_fast"), (SelfAttentionBlock, "_forward_fast")]
+
+
+def _count_fast_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    calls: dict[str, int] = {}
+    for cls, name in FAST_FORWARDS:
+        original = getattr(cls, name)
+
+        def spy(self, *args, _original=original, _key=cls.__name__, **kwargs):
+            calls[_key] = calls.get(_key, 0) + 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, spy)
+    return calls
+
+
+def test_one_switch_turns_every_fast_path_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model()
+    x = torch.randn(2, 3, 32, 48)
+    expected = autograd_path(model.forward_features, x)
+    calls = _count_fast_calls(monkeypatch)
+    with torch.no_grad():
+        assert_equal_tree(model.forward_features(x), expected)
+    assert calls == {"SelfAttention": 2, "Mlp": 2, "SelfAttentionBlock": 2}  # they do run by default
+    for off in ("process", "model"):
+        calls.clear()
+        if off == "process":
+            set_fast_paths(False)
+        else:
+            model.use_fast_paths = False
+        try:
+            assert not fast_paths_enabled() or off == "model"
+            with torch.no_grad():
+                assert_equal_tree(model.forward_features(x), expected)
+                layers = model.get_intermediate_layers(x, n=2)
+            assert_equal_tree(layers, autograd_path(lambda t: model.get_intermediate_layers(t, n=2), x))
+            assert calls == {}, off
+        finally:
+            set_fast_paths(True)
+            model.use_fast_paths = True
+
+
+def test_environment_variable_turns_the_fast_paths_off() -> None:
+    import subprocess
+    import sys
+
+    code = "from dinov3_integration.layers import fast_paths_enabled as f; print(f())"
+    env = {**os.environ, "DINOV3_FAST_PATHS": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    env["DINOV3_FAST_PATHS"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("overrides", [{}, {"ffn_layer": "swiglu64", "untie_cls_and_patch_norms": True}])
+def test_debug_workspace_mode_gives_identical_outputs(monkeypatch: pytest.MonkeyPatch, overrides) -> None:
+    """With every buffer poisoned (NaN) when taken and released, a read of a dead tensor would show in the output."""
+    monkeypatch.setenv("DINOV3_DEBUG_WORKSPACE", "1")
+    poisoned = []
+    original_release = Workspace.release
+
+    def spy_release(self, tensor):
+        poisoned.append(self.debug)
+        return original_release(self, tensor)
+
+    monkeypatch.setattr(Workspace, "release", spy_release)
+    model = tiny_model(depth=3, **overrides)
+    x = torch.randn(2, 3, 32, 48)
+    xs = [torch.randn(2, 3, 32, 32), torch.randn(1, 3, 48, 32)]
+    layers = lambda t: model.get_intermediate_layers(t, n=[0, 2], norm=False)  # noqa: E731
+    expected = [autograd_path(model.forward_features, x), autograd_path(layers, x), autograd_path(model, xs)]
+    with torch.inference_mode():
+        got = [model.forward_features(x), layers(x), model(xs)]
+    assert_equal_tree(got, expected)
+    assert poisoned and all(poisoned)
+
+
+class _TanhGELU(torch.nn.GELU):
+    """A GELU subclass that computes something else: the fast path must not replace it by the exact GELU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
+
+
+class _ScaledLinear(torch.nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2.0
+
+
+def test_subclasses_take_the_reference_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    mlp = randomize_(Mlp(8, 16, act_layer=_TanhGELU)).eval()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        assert torch.equal(mlp(x), mlp.fc2(torch.tanh(mlp.fc1(x))))
+    attn = randomize_(SelfAttention(16, num_heads=2, qkv_bias=True)).eval()
+    scaled = _ScaledLinear(16, 48)
+    scaled.load_state_dict(attn.qkv.state_dict())
+    attn.qkv = scaled
+    x = torch.randn(2, 5, 16)
+    calls = _count_fast_calls(monkeypatch)
+    expected = autograd_path(attn, x)
+    with torch.no_grad():
+        assert torch.equal(attn(x), expected)
+    assert calls == {}
+    blk = randomize_(SelfAttentionBlock(16, 2, init_values=1e-3, act_layer=_TanhGELU)).eval()
+    x = torch.randn(1, 4, 16)
+    with torch.no_grad():
+        out = blk(x)
+    torch.testing.assert_close(out, autograd_path(blk, x), rtol=0, atol=0)
+    assert calls == {"SelfAttention": 1, "SelfAttentionBlock": 1}  # Mlp with a GELU subclass: reference
+
+
+def test_layers_use_no_private_torch_c_api() -> None:
+    from pathlib import Path
+
+    import dinov3_integration.layers as layers_pkg
+
+    for path in Path(layers_pkg.__file__).parent.glob("*.py"):
+        assert "torch._C" not in path.read_text(), path.name

@@ -1,9 +1,11 @@
 """Pre-norm transformer block: ``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``.
 
-Inference fast path (eager, eval mode, gradients disabled, no forward hooks): the LayerScale multiply and the residual add are done in place
-in the branch output (``branch.mul_(gamma).add_(x)``), which is a fresh tensor, instead of allocating two new
-``[B, N, D]`` tensors per branch. Products and sums are the same IEEE operations (``x + b * g`` and ``b * g + x`` are
-bitwise equal), so outputs are bit-identical; measured in benchmarks/README.md.
+The reference code runs unless :func:`~dinov3_integration.layers.fastpath.decide` allows the eager inference fast
+path (:meth:`SelfAttentionBlock._forward_fast`): the LayerScale multiply and the residual add are done in place
+(:func:`~dinov3_integration.layers.fastpath.add_residual_`: in the fresh branch output, or inside a ViT forward into
+the residual stream the workspace owns) instead of allocating two new ``[B, N, D]`` tensors per branch. Products and
+sums are the same IEEE operations (``x + b * g`` and ``b * g + x`` are bitwise equal), so outputs are bit-identical;
+measured in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from . import fastpath
 from .attention import RopeArg, SelfAttention
-from .ffn import Mlp
+from .fastpath import Plan
+from .ffn import Mlp, SwiGLUFFN
 from .layer_scale import LayerScale
-from .workspace import Workspace, _in_place_ok, active_workspace
 
 
 class SelfAttentionBlock(nn.Module):
@@ -125,15 +128,21 @@ class SelfAttentionBlock(nn.Module):
 
     def _forward(self, x: Tensor, rope: RopeArg) -> Tensor:
         """One tensor without stochastic depth (eval, or ``drop_path == 0``), with the inference fast paths."""
-        if not self.training and _in_place_ok(self.attn, self.mlp, self.ls1, self.ls2):
-            ws = active_workspace()
-            if ws is not None:  # inside a ViT forward: the branches come in workspace buffers
-                x = _add_branch_(ws, x, self.attn(self.norm1(x), rope=rope), self.ls1)
-                return _add_branch_(ws, x, self.mlp(self.norm2(x)), self.ls2)
-            x = _scaled_residual_add_(self.attn(self.norm1(x), rope=rope), self.ls1, x)
-            return _scaled_residual_add_(self.mlp(self.norm2(x)), self.ls2, x)
+        plan = fastpath.decide(self)
+        if plan.fast:
+            return self._forward_fast(x, rope, plan)
         x = x + self._attn_residual(x, rope)
         return x + self._ffn_residual(x)
+
+    def _forward_fast(self, x: Tensor, rope: RopeArg, plan: Plan) -> Tensor:
+        """:meth:`_forward` in eager inference (eval): LayerScale and residual adds in place, the same numbers.
+
+        A branch output is overwritten only when it comes from a module of a known type (its output is fresh).
+        """
+        branch = self.attn(self.norm1(x), rope=rope)
+        x = fastpath.add_residual_(plan, x, branch, self.ls1, fastpath.exact(self.attn, SelfAttention))
+        branch = self.mlp(self.norm2(x))
+        return fastpath.add_residual_(plan, x, branch, self.ls2, fastpath.exact(self.mlp, Mlp, SwiGLUFFN))
 
     def _forward_list_drop(self, x_list: list[Tensor], rope_list: list[RopeArg]) -> list[Tensor]:
         """Training-time stochastic depth, the reference's batch-subset scheme and random-number order.
@@ -164,41 +173,3 @@ def _index_rope(rope: RopeArg, indices: Tensor) -> RopeArg:
 def _index_add_scaled(x: Tensor, indices: Tensor, branch: Tensor, subset: int) -> Tensor:
     """``x`` with ``branch * (B / subset)`` added to the samples ``indices`` (``[B, N, D]``, branch ``[subset, N, D]``)."""
     return torch.index_add(x, 0, indices, branch.to(x.dtype), alpha=x.shape[0] / subset)
-
-
-def _add_branch_(ws: Workspace, x: Tensor, branch: Tensor, ls: nn.Module) -> Tensor:
-    """``x + ls(branch)`` inside a workspace: added into ``x`` when ``ws`` owns it, else a fresh tensor ``ws`` owns.
-
-    ``branch`` may be a workspace buffer (overwritten here; the result never aliases it). ``x.add_(branch * gamma)``
-    adds the same two numbers as ``x + branch * gamma``; when the in-place add would round differently (``x`` narrower
-    than the scaled branch) or broadcast, the sum is computed out of place as in the plain path.
-    """
-    if type(ls) is LayerScale and branch.dtype == ls.gamma.dtype:
-        scaled = branch.mul_(ls.gamma)
-    else:
-        scaled = ls(branch)
-    if ws.owns(x) and scaled.shape == x.shape and torch.promote_types(x.dtype, scaled.dtype) == x.dtype:
-        return x.add_(scaled)
-    return ws.own(x + scaled, replacing=x)
-
-
-def _scaled_residual_add_(branch: Tensor, ls: nn.Module, x: Tensor) -> Tensor:
-    """``x + ls(branch)`` for inference, reusing a fresh buffer when that is exact.
-
-    ``branch`` must be a fresh tensor nobody else holds (the output of the block's attention or FFN, with no forward
-    hooks on them). With a :class:`LayerScale`: when ``branch``, ``x`` and ``gamma`` share dtype and shape, ``branch`` becomes
-    ``branch * gamma + x`` in place; otherwise (bfloat16 branch under autocast, float32 ``x`` and ``gamma``) the
-    promoted product ``branch * gamma`` is a new float32 tensor and ``x`` is added into it. Either way the values
-    are those of ``x + branch * gamma`` (addition is commutative in IEEE arithmetic); anything else (another ``ls``
-    module, broadcasting) is computed out of place.
-    """
-    if type(ls) is LayerScale:
-        if branch.dtype == x.dtype == ls.gamma.dtype and branch.shape == x.shape and branch is not x:
-            return branch.mul_(ls.gamma).add_(x)
-        scaled = branch * ls.gamma
-        if scaled.dtype == x.dtype and scaled.shape == x.shape:
-            return scaled.add_(x)
-        return x + scaled
-    if type(ls) is nn.Identity and branch.dtype == x.dtype and branch.shape == x.shape and branch is not x:
-        return branch.add_(x)
-    return x + ls(branch)

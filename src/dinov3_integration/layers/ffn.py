@@ -1,21 +1,21 @@
 """Feed-forward layers: the GELU MLP and DINOv3's SwiGLU.
 
-Inference fast path (eager, gradients disabled, no hooks): the activation runs in place on the hidden tensor
-(``gelu_`` / ``silu_`` and ``mul_`` for the SwiGLU gate), saving one ``[..., hidden]`` allocation (the largest
-activation of a block) per call, and inside the ViT's forward the linear layers write into its workspace (one buffer
-per role for all blocks, see :mod:`.workspace`); results are bit-identical.
+``forward`` runs the reference code unless :func:`~dinov3_integration.layers.fastpath.decide` allows the eager
+inference fast path (``_forward_fast``, only for exactly the submodule types it knows): the activation runs in place
+on the hidden tensor (GELU, or ``silu_`` and ``mul_`` for the SwiGLU gate), saving one ``[..., hidden]`` allocation
+(the largest activation of a block) per call, and inside the ViT's forward the linear layers write into its
+workspace (one buffer per role for all blocks, see :mod:`.workspace`); results are bit-identical.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import workspace
-from .workspace import _in_place_ok
+from . import fastpath
+from .fastpath import Plan, Role
 
 
 class Mlp(nn.Module):
@@ -40,17 +40,27 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        if type(self.act) is nn.GELU and _in_place_ok(self):
-            # The hidden activation and the output in the forward's workspace when one is active (one buffer each
-            # for all blocks), otherwise fresh; GELU in place on it either way.
-            x = workspace.linear(self.fc1, x, "wide")
-            x = self.drop(torch._C._nn.gelu_(x, approximate=self.act.approximate))
-            return self.drop(workspace.linear(self.fc2, x, "branch"))
+        plan = fastpath.decide(self)
+        if plan.fast and self._fast_forward_applies():
+            return self._forward_fast(x, plan)
         x = self.fc1(x)
         x = self.act(x)
         x = self.drop(x)
         x = self.fc2(x)
         x = self.drop(x)
+        return x
+
+    def _fast_forward_applies(self) -> bool:
+        exact = fastpath.exact
+        return exact(self.fc1, nn.Linear) and exact(self.act, nn.GELU) and exact(self.fc2, nn.Linear)
+
+    def _forward_fast(self, x: Tensor, plan: Plan) -> Tensor:
+        """:meth:`forward` in eager inference: GELU in place on the hidden activation (the workspace's ``WIDE``
+        buffer inside a ViT forward, else fresh), the output in ``BRANCH`` (released by the caller)."""
+        hidden = fastpath.linear(plan, self.fc1, x, Role.WIDE)
+        x = self.drop(fastpath.gelu_(self.act, hidden))
+        x = self.drop(fastpath.linear(plan, self.fc2, x, Role.BRANCH))
+        fastpath.release(plan, hidden)
         return x
 
 
@@ -93,9 +103,18 @@ class SwiGLUFFN(nn.Module):
         self.w3 = nn.Linear(hidden_features, out_features, bias=bias, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
-        if _in_place_ok(self):
-            # In place on the w1 output (fresh, or the workspace's buffer): silu_(w1 x) * (w2 x), the same products.
-            gate = F.silu(workspace.linear(self.w1, x, "wide"), inplace=True)
-            gate = gate.mul_(workspace.linear(self.w2, x, "wide2"))
-            return workspace.linear(self.w3, gate, "branch")
+        plan = fastpath.decide(self)
+        if plan.fast and all(fastpath.exact(w, nn.Linear) for w in (self.w1, self.w2, self.w3)):
+            return self._forward_fast(x, plan)
         return self.w3(F.silu(self.w1(x)) * self.w2(x))
+
+    def _forward_fast(self, x: Tensor, plan: Plan) -> Tensor:
+        """:meth:`forward` in eager inference: ``silu_(w1 x).mul_(w2 x)`` in place (the same products), in the
+        workspace's ``WIDE`` / ``WIDE2`` buffers inside a ViT forward; the output in ``BRANCH``."""
+        gate = F.silu(fastpath.linear(plan, self.w1, x, Role.WIDE), inplace=True)
+        up = fastpath.linear(plan, self.w2, x, Role.WIDE2)
+        gate = gate.mul_(up)
+        fastpath.release(plan, up)
+        out = fastpath.linear(plan, self.w3, gate, Role.BRANCH)
+        fastpath.release(plan, gate)
+        return out

@@ -3,8 +3,9 @@
 The module holds one persistent buffer, ``periods`` (``[head_dim // 4]``), and turns a patch grid ``(H, W)`` into
 ``(sin, cos)`` tables of shape ``[H * W, head_dim]`` laid out as ``[y | x | y | x]`` (each block ``head_dim // 4``
 wide). Coordinates are patch centres in ``(-1, 1)``; ``angles = 2 * pi * coords / periods`` (a division, as in the
-reference). Tables are computed in ``dtype`` (float32 for every released model) and, in eval mode, cached per
-``(H, W, device, dtype)`` so repeated calls in one forward pass (one per block) do no work.
+reference). Tables are computed in ``dtype`` (float32 for every released model), on every call: nothing is cached
+(a cache keyed on ``periods`` would be bypassed by ``.data`` writes; the ViT fetches the tables once per forward in
+eval, and computing them costs ~0.1-0.4 ms at 224x224, ~3 ms at 1024x1024 on a CPU: benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -159,7 +160,6 @@ class RopePositionEmbedding(nn.Module):
         self.rescale_coords = rescale_coords
         self.dtype = dtype or torch.float32
         self.register_buffer("periods", torch.empty(self.D_head // 4, device=device, dtype=self.dtype), persistent=True)
-        self._cache: dict[tuple, RopeTables] = {}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -222,30 +222,8 @@ class RopePositionEmbedding(nn.Module):
             return sin, cos
 
     def forward(self, *, H: int, W: int) -> RopeTables:
-        """Return ``(sin, cos)`` for an ``H x W`` patch grid, each ``[H * W, head_dim]``."""
-        if self.training or torch.compiler.is_compiling() or self.periods.device.type == "meta":
-            return self.compute(H, W)
-        periods = self.periods
-        key = (
-            H,
-            W,
-            periods.device,
-            periods.dtype,
-            periods.data_ptr(),
-            periods._version,
-            torch.is_inference_mode_enabled(),
-        )
-        tables = self._cache.get(key)
-        if tables is None:
-            tables = self.compute(H, W)
-            if len(self._cache) >= 16:
-                self._cache.clear()
-            self._cache[key] = tables
-        return tables
-
-    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module API
-        self._cache.clear()
-        return super()._apply(fn, recurse)
+        """Return ``(sin, cos)`` for an ``H x W`` patch grid, each ``[H * W, head_dim]`` (computed on every call)."""
+        return self.compute(H, W)
 
     def extra_repr(self) -> str:
         return f"head_dim={self.D_head}, base={self.base}, normalize_coords={self.normalize_coords!r}"

@@ -1,4 +1,4 @@
-"""Reusable buffers for the eager inference fast paths of a whole forward pass.
+"""Reusable buffers for the eager inference fast paths of one forward pass (decided in :mod:`.fastpath`).
 
 Every block of a ViT allocates the same large temporaries: the fused ``qkv`` product ``[B, N, 3D]``, the MLP hidden
 activation ``[B, N, 4D]`` and the two branch outputs ``[B, N, D]``, and a new residual stream ``[B, N, D]`` per
@@ -6,62 +6,129 @@ branch. On a CPU each fresh allocation above glibc's mmap threshold (at most 32 
 fault on first touch, and smaller ones fault too whenever glibc trims the heap between blocks: at 512x512 a ViT-S/16
 forward (batch 8) took 200-300k page faults; without them it runs 1.08x as fast (benchmarks/README.md).
 
-A :class:`Workspace` (entered by the ViT around its blocks, one per forward: ``with inference_workspace(): ...``)
-gives each role one buffer that every block reuses, and lets a block add its branches into the residual stream in
-place when the stream is a tensor the workspace owns (the ViT's fresh token tensor, see :meth:`Workspace.own`).
-Outputs are bit-identical: ``torch.addmm(b, x, W.t(), out=buf)`` is the call ``F.linear`` makes for a contiguous
-input, and ``x.add_(branch * gamma)`` adds the same two numbers as ``branch * gamma + x``.
-
-Only the eager inference paths use it (no autograd, no ``torch.compile`` tracing, no hooks: callers check
-:func:`_in_place_ok`). Linear layers write into the workspace only on the CPU, for plain ``nn.Linear`` modules
-(subclasses and parametrised weights keep their own forward) and outside autocast (``out=`` variants are not
-autocast); otherwise :func:`linear` is ``F.linear``.
+A :class:`Workspace` (one per forward, created by :func:`~dinov3_integration.layers.fastpath.model_scope`) holds one
+buffer per :class:`Role` that every block reuses. A buffer is *taken* for one tensor and *released* when that tensor
+is dead; taking a role that is still taken raises (two lifetimes overlapping would silently overwrite live data). With
+``DINOV3_DEBUG_WORKSPACE=1`` in the environment (or ``Workspace(debug=True)``) every buffer is filled with NaN when it
+is taken and when it is released, so any read of a dead tensor shows up as NaN in the output (the tests run the model
+in that mode and get identical outputs). The workspace also records which residual-stream tensors blocks may update
+in place (:meth:`Workspace.own`: the ViT's fresh token tensor and the sums made from it).
 """
 
 from __future__ import annotations
 
+import enum
+import importlib
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-_ACTIVE: ContextVar[Workspace | None] = ContextVar("dinov3_integration_workspace", default=None)
+DEBUG_ENV = "DINOV3_DEBUG_WORKSPACE"
+
+
+class Role(enum.Enum):
+    """What a workspace buffer holds, in the order a block uses it (each role: one tensor at a time).
+
+    - ``WIDE``: the attention's ``qkv`` ``[B, N, 3D]`` (with one RoPE temporary in its spare room after it), dead
+      after the attention product; then the FFN's hidden activation (MLP ``[B, N, 4D]``, SwiGLU's gate), dead after
+      the output projection.
+    - ``WIDE2``: SwiGLU's up projection, dead once multiplied into the gate.
+    - ``BRANCH``: the other RoPE temporary (dead after the rotation); then the attention's ``proj`` output and the
+      FFN's output, each dead once the block has added it into the residual stream.
+    """
+
+    WIDE = "wide"
+    WIDE2 = "wide2"
+    BRANCH = "branch"
+
+
+def _debug_from_env() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 class Workspace:
-    """One buffer per ``(role, dtype, device)``, and the tensors blocks may update in place.
+    """One flat buffer per ``(role, dtype, device)``, the tensors taken from them, and the owned residual streams.
 
-    Roles used by the layers: ``"wide"`` (the ``qkv`` product, then the MLP hidden activation: never needed at the
-    same time, so they share memory), ``"wide2"`` (SwiGLU's second hidden tensor), ``"branch"`` (the projections
-    back to ``D``: the attention's ``proj``, then the FFN's output). The in-place RoPE rotation's two temporaries go
-    where nothing lives at that moment: the ``"branch"`` buffer and the part of ``"wide"`` after ``qkv``.
+    Args:
+        debug: poison buffers with NaN when taken and released; default: ``DINOV3_DEBUG_WORKSPACE`` is set to a
+            true value (``1``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, debug: bool | None = None) -> None:
+        self.debug = _debug_from_env() if debug is None else debug
         self._buffers: dict[tuple, Tensor] = {}
+        self._taken: dict[tuple, Tensor] = {}  # key -> the tensor handed out by take()
         self._owned: dict[int, Tensor] = {}  # by id; the reference keeps the id from being reused
 
-    def buffer(self, role: str, shape: tuple[int, ...], like: Tensor, offset: int = 0) -> Tensor:
-        """An uninitialised contiguous ``shape`` tensor with ``like``'s dtype and device.
+    @staticmethod
+    def _key(role: Role, like: Tensor) -> tuple:
+        return (role, like.dtype, like.device)
 
-        Every call with the same role returns (a view of) the same memory, starting ``offset`` elements in (to use
-        the part of a role's buffer a smaller tensor leaves free); the memory grows when more is asked for (tensors
-        handed out before keep the old memory alive, so they stay valid).
-        """
-        end = offset + math.prod(shape)
-        return self.reserve(role, end, like)[offset:end].view(shape)
-
-    def reserve(self, role: str, numel: int, like: Tensor) -> Tensor:
-        """Grow ``role``'s buffer (``like``'s dtype and device) to at least ``numel`` elements; returns it, flat."""
-        key = (role, like.dtype, like.device)
+    def reserve(self, role: Role, numel: int, like: Tensor) -> None:
+        """Grow ``role``'s buffer (``like``'s dtype and device) to at least ``numel`` elements; only while not taken."""
+        key = self._key(role, like)
+        if key in self._taken:
+            raise RuntimeError(f"workspace buffer {role.name} cannot grow while it is taken (a lifetime bug)")
         flat = self._buffers.get(key)
         if flat is None or flat.numel() < numel:
             self._buffers.pop(key, None)  # drop our reference to the smaller one first
-            flat = self._buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
-        return flat
+            self._buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+
+    def take(self, role: Role, shape: tuple[int, ...], like: Tensor, spare: int = 0) -> Tensor:
+        """``role``'s buffer as an uninitialised contiguous ``shape`` tensor (``like``'s dtype and device).
+
+        The caller must :meth:`release` it when the tensor is dead; until then the role cannot be taken again.
+        ``spare``: elements to reserve after the tensor, handed out by :meth:`spare` while it is taken.
+        """
+        key = self._key(role, like)
+        if key in self._taken:
+            raise RuntimeError(
+                f"workspace buffer {role.name} is taken twice (still holding a {tuple(self._taken[key].shape)} "
+                f"tensor, asked for {tuple(shape)}): two lifetimes overlap, which would overwrite live data"
+            )
+        numel = math.prod(shape)
+        self.reserve(role, numel + spare, like)
+        flat = self._buffers[key]
+        if self.debug:
+            flat.fill_(float("nan"))
+        out = flat[:numel].view(shape)
+        self._taken[key] = out
+        return out
+
+    def spare(self, role: Role, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A ``shape`` view of the spare room after ``role``'s taken tensor (see :meth:`take`); dies with it."""
+        key = self._key(role, like)
+        held = self._taken.get(key)
+        if held is None:
+            raise RuntimeError(f"workspace buffer {role.name} has no spare room: it is not taken")
+        start, end = held.numel(), held.numel() + math.prod(shape)
+        flat = self._buffers[key]
+        if end > flat.numel():
+            raise RuntimeError(f"workspace buffer {role.name}: spare room for {end - start} elements was not reserved")
+        return flat[start:end].view(shape)
+
+    def release(self, tensor: Tensor) -> None:
+        """Give back the buffer ``tensor`` was taken from (a no-op for any other tensor, e.g. a fresh one)."""
+        for key, held in self._taken.items():
+            if held is tensor:
+                del self._taken[key]
+                if self.debug:
+                    self._buffers[key].fill_(float("nan"))
+                return
+
+    def taken(self) -> list[Role]:
+        """The roles taken now (empty between blocks)."""
+        return [key[0] for key in self._taken]
+
+    def holds(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` is a tensor handed out by :meth:`take` and not yet released."""
+        return any(held is tensor for held in self._taken.values())
 
     def own(self, x: Tensor, replacing: Tensor | None = None) -> Tensor:
         """Mark ``x`` (a fresh tensor nobody else holds) as one blocks may update in place; returns ``x``.
@@ -78,39 +145,18 @@ class Workspace:
         return self._owned.get(id(x)) is x
 
 
-def _in_place_ok(*modules: nn.Module) -> bool:
-    """Whether the eager inference fast paths may overwrite fresh outputs of ``modules``.
-
-    True when gradients are disabled, no ``torch.compile`` tracing is under way (inductor plans its own buffers, and
-    the plain code, traced as is, compiles to the same or faster kernels with fewer guards) and no forward hook could
-    be holding one of those outputs.
-    """
-    return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not _forward_hooked(*modules)
-
-
-def _forward_hooked(*modules: nn.Module) -> bool:
-    """Whether a forward (pre-)hook could see an output of ``modules`` or their submodules (or a global hook is set).
-
-    The in-place fast paths overwrite fresh outputs; a hook may hold such an output (feature extraction), so the
-    fast paths step aside when any hook is registered.
-    """
-    from torch.nn.modules import module as module_lib
-
-    if module_lib._global_forward_hooks or module_lib._global_forward_pre_hooks:
-        return True
-    stack = list(modules)  # a plain walk: ~3x cheaper than Module.modules(), and this runs per block call
-    while stack:
-        m = stack.pop()
-        if m._forward_hooks or m._forward_pre_hooks:
-            return True
-        stack.extend(c for c in m._modules.values() if c is not None)
-    return False
+_ACTIVE: ContextVar[Workspace | None] = ContextVar("dinov3_integration_workspace", default=None)
 
 
 @contextmanager
-def inference_workspace() -> Iterator[Workspace]:
-    """Make a new :class:`Workspace` the active one for the duration of the block (restores the previous one)."""
-    ws = Workspace()
+def inference_workspace(debug: bool | None = None) -> Iterator[Workspace]:
+    """A new :class:`Workspace`, the active one for the duration of the block (for tests and tools).
+
+    The layers do not look this up themselves: they use the workspace of the
+    :class:`~dinov3_integration.layers.fastpath.Plan` that :func:`~dinov3_integration.layers.fastpath.decide`
+    returns, which is this one inside the block (when the fast paths apply).
+    """
+    ws = Workspace(debug=debug)
     token = _ACTIVE.set(ws)
     try:
         yield ws
@@ -123,48 +169,14 @@ def active_workspace() -> Workspace | None:
     return _ACTIVE.get()
 
 
-def linear(layer: nn.Module, x: Tensor, role: str) -> Tensor:
-    """``layer(x)`` for ``[..., in] -> [..., out]``, written into the active workspace's ``role`` buffer if possible.
-
-    The result may be that buffer: the caller must be done with it before the next call with the same role. Falls
-    back to ``layer(x)`` when no workspace is active, ``layer`` is not a plain ``nn.Linear``, or
-    :func:`can_write_into` says no.
-    """
-    ws = _ACTIVE.get()
-    if ws is None or type(layer) is not nn.Linear or not can_write_into(x, layer.weight, layer.bias):
-        return layer(x)
-    return linear_into(ws, x, layer.weight, layer.bias, role)
+_MOVED = {"linear": "fastpath", "linear_into": "fastpath", "can_write_into": "fastpath"}
 
 
-def can_write_into(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """Whether :func:`linear_into` computes exactly ``F.linear(x, weight, bias)``.
-
-    True for a contiguous CPU ``x`` with at least 2 dims, of the parameters' dtype, outside autocast (which does not
-    apply to ``out=`` calls).
-    """
-    return (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype
-        and (bias is None or bias.dtype == weight.dtype)
-        and x.dim() >= 2
-        and x.is_contiguous()
-        and not torch.is_autocast_enabled("cpu")
-    )
+def __getattr__(name: str) -> Any:
+    """Deprecated: ``linear``, ``linear_into`` and ``can_write_into`` live in :mod:`.fastpath` now."""
+    if name in _MOVED:
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def linear_into(ws: Workspace, x: Tensor, weight: Tensor, bias: Tensor | None, role: str) -> Tensor:
-    """``F.linear(x, weight, bias)`` into ``ws``'s ``role`` buffer, ``[..., in] -> [..., out]``.
-
-    Only where :func:`can_write_into` holds: these are the calls ``F.linear`` makes for a contiguous input
-    (``addmm`` with a bias, ``mm`` without), on the ``[-1, in]`` view.
-    """
-    x2 = x.view(-1, x.shape[-1])
-    out = ws.buffer(role, (x2.shape[0], weight.shape[0]), x)
-    if bias is None:
-        torch.mm(x2, weight.t(), out=out)
-    else:
-        torch.addmm(bias, x2, weight.t(), out=out)
-    return out.view(*x.shape[:-1], weight.shape[0])
-
-
-__all__ = ["Workspace", "active_workspace", "can_write_into", "inference_workspace", "linear", "linear_into"]
+__all__ = ["DEBUG_ENV", "Role", "Workspace", "active_workspace", "inference_workspace"]

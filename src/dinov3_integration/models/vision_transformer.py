@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
 
@@ -31,8 +31,8 @@ from ..layers import (
     RopePositionEmbedding,
     SelfAttentionBlock,
     SwiGLUFFN,
+    fastpath,
 )
-from ..layers.workspace import Workspace, _in_place_ok, inference_workspace
 from ..utils.indices import resolve_layer_indices
 
 log = get_logger("models")
@@ -85,11 +85,15 @@ class DinoVisionTransformer(nn.Module):
         device: build on this device (``"meta"`` allocates nothing).
 
     Attributes:
-        use_workspace: eager inference forwards (eval, no gradients, no hooks, not compiling) run the blocks in a
+        use_fast_paths: eager inference forwards (eval, no gradients, no hooks, not compiling) run the layers' fast
+            paths (:mod:`~dinov3_integration.layers.fastpath`): bit-identical outputs. Set False on an instance to
+            run the reference code (comparisons, debugging); ``DINOV3_FAST_PATHS=0`` turns them off everywhere.
+        use_workspace: with the fast paths, run the blocks in a
             :class:`~dinov3_integration.layers.workspace.Workspace`: reused buffers and an in-place residual
-            stream, bit-identical outputs. Set False on an instance to run them without (comparisons, debugging).
+            stream, bit-identical outputs. Set False to keep only the other fast paths.
     """
 
+    use_fast_paths: bool = True
     use_workspace: bool = True
 
     def __init__(
@@ -273,17 +277,15 @@ class DinoVisionTransformer(nn.Module):
         x = torch.cat([cls_token.expand(B, -1, -1), storage_tokens.expand(B, -1, -1), x], dim=1)
         return x, (H, W)
 
-    def _workspace(self) -> AbstractContextManager[Workspace | None]:
-        """A fresh :class:`~dinov3_integration.layers.workspace.Workspace` for one eager inference forward, else None.
+    def _fast_paths(self) -> AbstractContextManager[fastpath.Plan]:
+        """Decide the fast paths once for this forward (:func:`~dinov3_integration.layers.fastpath.model_scope`).
 
         In eval mode with gradients off, outside ``torch.compile`` and with no hook anywhere in the model (a hook
         on a block could keep its output, which later blocks would then overwrite), the blocks reuse one buffer per
         role for their large temporaries and update the token tensor in place: bit-identical outputs, far fewer
         allocations and page faults (benchmarks/README.md).
         """
-        if self.training or not self.use_workspace or not _in_place_ok(self):
-            return nullcontext()
-        return inference_workspace()
+        return fastpath.model_scope(self, enabled=self.use_fast_paths, workspace=self.use_workspace)
 
     def _run_block(self, blk: nn.Module, x: Any, rope: Any) -> Any:
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -302,10 +304,10 @@ class DinoVisionTransformer(nn.Module):
             grids.append(hw)
         # In training the RoPE augmentations draw new random coordinates for every block (as the reference);
         # in eval the tables are deterministic, so they are fetched once per forward instead of once per block
-        # (under torch.compile, where the cache is bypassed, this keeps one table computation in the graph).
+        # (and under torch.compile one table computation in the graph).
         ropes = None if self.training else [self.rope_embed(H=H, W=W) for H, W in grids]
-        with self._workspace() as ws:
-            if ws is not None:
+        with self._fast_paths() as plan:
+            if (ws := plan.workspace) is not None:
                 xs = [ws.own(t) for t in xs]  # fresh token tensors: the blocks add their branches in place
             for blk in self.blocks:
                 block_ropes = ropes if ropes is not None else [self.rope_embed(H=H, W=W) for H, W in grids]
@@ -374,8 +376,8 @@ class DinoVisionTransformer(nn.Module):
         last = max(wanted)
         outputs: dict[int, Tensor] = {}
         rope = None if self.training else self.rope_embed(H=H, W=W)  # once per forward in eval (see above)
-        with self._workspace() as ws:
-            if ws is not None:
+        with self._fast_paths() as plan:
+            if (ws := plan.workspace) is not None:
                 ws.own(x)
             for i, blk in enumerate(self.blocks[: last + 1]):
                 x = self._run_block(blk, x, rope if rope is not None else self.rope_embed(H=H, W=W))
