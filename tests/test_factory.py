@@ -276,3 +276,53 @@ def test_satellite_model_reports_sat_normalisation(tmp_path: Path) -> None:
     from dinov3_integration.models.specs import normalization_for
 
     assert normalization_for(create_model("dinov3_vitl16", weights=path, **TINY).weights_tag)[0] == SAT_MEAN
+
+
+# --------------------------------------------------------------------------------------------- round trips
+
+
+def test_official_hf_official_keeps_local_cls_norm(tmp_path: Path) -> None:
+    from dinov3_integration.hub import convert_checkpoint
+
+    source = tiny("dinov3_vit7b16")
+    assert not torch.equal(source.local_cls_norm.weight, source.norm.weight)
+    src = save_state_dict_file(source.state_dict(), tmp_path / "7b.safetensors")
+    folder = convert_checkpoint(src, tmp_path / "hf_7b", to="hf")
+    back = torch.load(convert_checkpoint(folder, tmp_path / "back.pth", to="official"), weights_only=True)
+    assert set(back) == set(source.state_dict())
+    for key, value in source.state_dict().items():
+        if key != "rope_embed.periods":  # Hugging Face stores none: recomputed (the reference values)
+            assert torch.equal(back[key], value), key
+    loaded = create_model("dinov3_vit7b16", weights=folder, **TINY)  # through the hub: the extras come along
+    assert torch.equal(loaded.local_cls_norm.weight, source.local_cls_norm.weight)
+
+
+def test_official_to_timm_warns_about_what_it_cannot_hold(tmp_path: Path) -> None:
+    from dinov3_integration.hub import convert_checkpoint
+
+    source = tiny()
+    assert source.mask_token.any()
+    src = save_state_dict_file(source.state_dict(), tmp_path / "s.safetensors")
+    with pytest.warns(UserWarning, match="timm layout cannot hold mask_token"):
+        convert_checkpoint(src, tmp_path / "timm.safetensors", to="timm")
+    with torch.no_grad():
+        source.mask_token.zero_()
+    quiet = save_state_dict_file(source.state_dict(), tmp_path / "z.safetensors")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert_checkpoint(quiet, tmp_path / "timm2.safetensors", to="timm")  # nothing lost: no warning
+
+
+def test_convert_unwraps_a_training_checkpoint_without_model(tmp_path: Path) -> None:
+    from dinov3_integration.hub import convert_checkpoint
+
+    source = tiny()
+    teacher = {f"backbone.{k}": v for k, v in source.state_dict().items()}
+    teacher["dino_head.mlp.0.weight"] = torch.zeros(3, 3)
+    teacher["ibot_head.mlp.0.weight"] = torch.zeros(3, 3)
+    torch.save({"teacher": teacher, "student": {}, "iteration": 7}, tmp_path / "ckpt.pth")
+    out = torch.load(convert_checkpoint(tmp_path / "ckpt.pth", tmp_path / "o.pth", to="official"), weights_only=True)
+    assert set(out) == set(source.state_dict())
+    assert all(torch.equal(out[k], v) for k, v in source.state_dict().items())

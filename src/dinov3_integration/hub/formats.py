@@ -103,6 +103,20 @@ def _qkv_bias_and_mask(q: Tensor | None, k: Tensor | None, v: Tensor | None, dim
     return torch.cat(parts), torch.cat(mask)
 
 
+def _wants_qkv_bias(qkv_bias: bool | None, dim: int) -> bool:
+    """Whether an official state dict of width ``dim`` holds ``qkv.bias``/``bias_mask`` (``None``: as the
+    registered model of that width does: every released model but the 7B)."""
+    if qkv_bias is not None:
+        return qkv_bias
+    return any(s.arch["embed_dim"] == dim and s.arch.get("qkv_bias", True) for s in map(get_model_spec, list_models()))
+
+
+def _zero_qkv_bias(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """The official layout's bias for a source without one: a zero ``[3D]`` bias and a zero ``bias_mask``."""
+    rows = weight.shape[0]
+    return torch.zeros(rows, dtype=weight.dtype), torch.zeros(rows, dtype=weight.dtype)
+
+
 # ------------------------------------------------------------------------------------------------ Hugging Face
 _HF_BLOCK_RENAMES = {
     "norm1.weight": "norm1.weight",
@@ -125,6 +139,7 @@ def hf_to_official(
     periods: PeriodsMode | Tensor = "reference",
     rope_base: float = 100.0,
     add_local_cls_norm: bool = False,
+    qkv_bias: bool | None = None,
 ) -> StateDict:
     """Convert a ``transformers`` ``DINOv3ViTModel`` state dict (4.x ``layer.N`` or 5.x ``model.layer.N``).
 
@@ -136,6 +151,8 @@ def hf_to_official(
         rope_base: RoPE base (``config.rope_theta``).
         add_local_cls_norm: add ``local_cls_norm.*`` (a copy of ``norm``; unused in eval) for models whose official
             checkpoints carry it (ViT-L SAT and 7B), so they load strictly.
+        qkv_bias: add a zero qkv bias and ``bias_mask`` where the source has none (default: as the registered
+            model of that width has them).
 
     Returns:
         The state dict in the official layout, with ``qkv.bias_mask`` set to 1 where the source had a bias.
@@ -143,6 +160,7 @@ def hf_to_official(
     sd = {re.sub(r"^model\.layer\.", "layer.", k): v for k, v in state_dict.items()}
     out: StateDict = {}
     dim = sd["embeddings.cls_token"].shape[-1]
+    fill_bias = _wants_qkv_bias(qkv_bias, dim)
     out["cls_token"] = sd["embeddings.cls_token"]
     if "embeddings.mask_token" in sd:
         out["mask_token"] = sd["embeddings.mask_token"].reshape(1, dim)
@@ -162,6 +180,8 @@ def hf_to_official(
         fused = _qkv_bias_and_mask(*(sd.get(f"{att}{p}_proj.bias") for p in "qkv"), dim=dim)
         if fused is not None:
             out[dst + "attn.qkv.bias"], out[dst + "attn.qkv.bias_mask"] = fused
+        elif fill_bias:
+            out[dst + "attn.qkv.bias"], out[dst + "attn.qkv.bias_mask"] = _zero_qkv_bias(out[dst + "attn.qkv.weight"])
         gated = f"{src}mlp.gate_proj.weight" in sd
         for a, b in (_HF_GATED if gated else _HF_MLP).items():
             for suffix in ("weight", "bias"):
@@ -222,13 +242,18 @@ def timm_to_official(
     periods: PeriodsMode | Tensor = "reference",
     rope_base: float = 100.0,
     add_local_cls_norm: bool = False,
+    qkv_bias: bool | None = None,
 ) -> StateDict:
     """Convert a timm ``vit_*_patch16_dinov3`` (Eva) state dict; see :func:`hf_to_official` for the arguments.
 
     timm keeps no ``mask_token`` (a zero one is added: it only matters for masked training) and no periods.
+    timm's main models have no qkv bias (only the ``*_qkvb`` variants keep it): with ``qkv_bias`` (default: as the
+    registered model of that width has it, i.e. all but the 7B) a zero bias and a zero ``bias_mask`` are added, as
+    in the official files, so Meta's strict loader accepts the result.
     """
     sd = dict(state_dict)
     dim = sd["cls_token"].shape[-1]
+    fill_bias = _wants_qkv_bias(qkv_bias, dim)
     out: StateDict = {"cls_token": sd["cls_token"], "mask_token": torch.zeros(1, dim, dtype=sd["cls_token"].dtype)}
     if "reg_token" in sd and sd["reg_token"].shape[1] > 0:
         out["storage_tokens"] = sd["reg_token"]
@@ -251,6 +276,8 @@ def timm_to_official(
             out[p + "attn.qkv.bias_mask"] = torch.ones_like(sd[p + "attn.qkv.bias"])
         elif fused is not None:
             out[p + "attn.qkv.bias"], out[p + "attn.qkv.bias_mask"] = fused
+        elif fill_bias and p + "attn.qkv.weight" in sd:
+            out[p + "attn.qkv.bias"], out[p + "attn.qkv.bias_mask"] = _zero_qkv_bias(sd[p + "attn.qkv.weight"])
         mapping = (
             {"fc1_g": "w1", "fc1_x": "w2", "fc2": "w3"}
             if p + "mlp.fc1_g.weight" in sd
@@ -327,6 +354,7 @@ def to_official(
     periods: PeriodsMode | Tensor = "reference",
     rope_base: float = 100.0,
     add_local_cls_norm: bool = False,
+    qkv_bias: bool | None = None,
 ) -> StateDict:
     """Convert any supported layout to the official one (official state dicts are returned as a copy)."""
     fmt = source_format or detect_format(state_dict)
@@ -334,7 +362,12 @@ def to_official(
         return dict(state_dict)
     convert = hf_to_official if fmt == "hf" else timm_to_official
     return convert(
-        state_dict, num_heads=num_heads, periods=periods, rope_base=rope_base, add_local_cls_norm=add_local_cls_norm
+        state_dict,
+        num_heads=num_heads,
+        periods=periods,
+        rope_base=rope_base,
+        add_local_cls_norm=add_local_cls_norm,
+        qkv_bias=qkv_bias,
     )
 
 

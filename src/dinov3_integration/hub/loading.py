@@ -112,6 +112,7 @@ def convert_resolved(model: nn.Module, resolved: ResolvedWeights, periods: forma
             periods=periods,
             rope_base=rope_base,
             add_local_cls_norm=wants_local,
+            qkv_bias=_has_qkv_bias(model),
         )
     except (KeyError, formats.CheckpointFormatError) as exc:
         raise CheckpointFormatError(
@@ -132,6 +133,14 @@ def convert_resolved(model: nn.Module, resolved: ResolvedWeights, periods: forma
         head_dim = state_dict["cls_token"].shape[-1] // num_heads
         state_dict["rope_embed.periods"] = formats.rope_periods(head_dim, rope_base, periods)
     return state_dict
+
+
+def _has_qkv_bias(model: nn.Module) -> bool | None:
+    blocks = getattr(model, "blocks", None)
+    if not blocks:
+        return None
+    qkv = getattr(getattr(blocks[0], "attn", None), "qkv", None)
+    return None if qkv is None else qkv.bias is not None
 
 
 def _fit_patch_embed(model: nn.Module, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
