@@ -6,6 +6,8 @@ take images in ``[0, 1]`` and call :func:`normalize` inside.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -22,12 +24,21 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
-def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
     """``(images - mean) / std`` over the channel axis ``-3`` of ``[..., C, H, W]`` images in ``[0, 1]``.
 
-    Computed in ``images``' floating dtype (float32 for integer input is the caller's job).
+    ``mean``/``std`` given as numbers are used in ``images``' floating dtype (float32 for integer input is the
+    caller's job). Given as tensors of ``C`` values (a module's buffers, as VGGT keeps them) they keep their own
+    dtype and the usual type promotion applies (float32 statistics with bfloat16 images compute in float32, as
+    VGGT's ``(images - self._resnet_mean) / self._resnet_std``).
     """
-    shape = (len(mean), 1, 1)
-    m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(shape)
-    s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(shape)
+    shape = (-1, 1, 1)
+    if isinstance(mean, Tensor):
+        m = mean.to(device=images.device).reshape(shape)
+    else:
+        m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(shape)
+    if isinstance(std, Tensor):
+        s = std.to(device=images.device).reshape(shape)
+    else:
+        s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(shape)
     return (images - m) / s

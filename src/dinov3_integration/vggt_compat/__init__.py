@@ -7,20 +7,37 @@ that also accepts any DINOv3 ViT as its patch embedding::
 
     agg = Aggregator.from_vggt("facebook/VGGT-1B")                           # VGGT-1B's aggregator
     agg = Aggregator(img_size=224, patch_size=16, patch_embed="dinov3_vitl16_reg", output_layers=[4, 11, 17, 23])
+
+Modules: :mod:`.aggregator` (the module), :mod:`.patch_embeds` (the patch-embedding factory), :mod:`.checkpoint`
+(VGGT checkpoint reading and mismatch reports), :mod:`.inputs` (input and argument checks), :mod:`.layers` and
+:mod:`.rope` (VGGT's public layer names).
 """
 
 from __future__ import annotations
 
 from . import layers
-from .aggregator import Aggregator, LoadResult, StateDictMismatchError, extract_aggregator_state_dict
+from .aggregator import Aggregator
+from .checkpoint import (
+    BackboneFamilyError,
+    StateDictMismatchError,
+    VGGTLoadResult,
+    extract_aggregator_state_dict,
+    read_vggt_checkpoint,
+)
 from .rope import PositionGetter, RotaryPositionEmbedding2D
+
+LoadResult = VGGTLoadResult
+"""Deprecated name of :class:`VGGTLoadResult` (it collided with :class:`dinov3_integration.hub.LoadResult`)."""
 
 __all__ = [
     "Aggregator",
+    "BackboneFamilyError",
     "LoadResult",
     "PositionGetter",
     "RotaryPositionEmbedding2D",
     "StateDictMismatchError",
+    "VGGTLoadResult",
     "extract_aggregator_state_dict",
     "layers",
+    "read_vggt_checkpoint",
 ]

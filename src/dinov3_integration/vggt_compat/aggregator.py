@@ -22,70 +22,43 @@ Beyond VGGT (none of which changes a VGGT output):
   ``x_norm_patchtokens`` feed the blocks, its patch size sets the RoPE grid, its normalisation constants
   (ImageNet, or satellite for ``sat493m`` weights) are used, and a ``patch_proj`` Linear is added only when its
   width differs from ``embed_dim``.
+
+Companions: :mod:`.patch_embeds` builds the patch embedding, :mod:`.checkpoint` reads VGGT checkpoints and reports
+misfits, :mod:`.inputs` checks inputs and arguments.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .._logging import get_logger
+from ..utils.indices import resolve_index, resolve_layer_indices
+from ..utils.normalization import normalize
+from .checkpoint import (
+    StateDictMismatchError,
+    VGGTLoadResult,
+    extract_aggregator_state_dict,
+    load_aggregator_weights,
+    read_vggt_checkpoint,
+)
+from .inputs import resolve_register_count, validate_aa_order, validate_images, warn_if_out_of_range
 from .layers.block import Block
-from .layers.patch_embed import PatchEmbed
-from .layers.vision_transformer import vit_base, vit_giant2, vit_large, vit_small
+from .patch_embeds import build_patch_embed
 from .rope import PositionGetter, RotaryPositionEmbedding2D
 
-__all__ = ["Aggregator", "LoadResult", "StateDictMismatchError", "extract_aggregator_state_dict"]
+__all__ = ["Aggregator"]
+
+# Deprecated import paths (these live in .checkpoint now): kept so that old imports keep working.
+LoadResult = VGGTLoadResult
+_REEXPORTED = (StateDictMismatchError, extract_aggregator_state_dict)
 
 log = get_logger("vggt_compat")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-DINOV2_PATCH_EMBEDS: dict[str, Callable[..., nn.Module]] = {
-    "dinov2_vitl14_reg": vit_large,
-    "dinov2_vitb14_reg": vit_base,
-    "dinov2_vits14_reg": vit_small,
-    "dinov2_vitg2_reg": vit_giant2,
-}
-"""VGGT's DINOv2-with-registers patch embeddings (name -> factory)."""
-
-AA_TYPES = ("frame", "global")
-_RANGE_SLACK = 0.25  # inputs beyond [-0.25, 1.25] are "far outside [0, 1]"
-_MAX_LISTED_KEYS = 40
-
-
-class StateDictMismatchError(RuntimeError):
-    """A checkpoint does not fit the Aggregator; ``missing_keys``, ``unexpected_keys`` and ``mismatched`` list why."""
-
-    def __init__(
-        self,
-        message: str,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
-    ) -> None:
-        super().__init__(message)
-        self.missing_keys = missing_keys
-        self.unexpected_keys = unexpected_keys
-        self.mismatched = mismatched
-
-
-class LoadResult(NamedTuple):
-    """What :meth:`Aggregator.load_vggt_state_dict` did (keys are relative to the Aggregator)."""
-
-    missing_keys: list[str]
-    unexpected_keys: list[str]
-    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
-    ignored_keys: list[str]
 
 
 class Aggregator(nn.Module):
@@ -162,8 +135,8 @@ class Aggregator(nn.Module):
         check_input_range: bool = True,
     ) -> None:
         super().__init__()
-        num_register_tokens = _resolve_register_count(num_register_tokens, n_storage_tokens)
-        self.aa_order = _validate_aa_order(aa_order)
+        num_register_tokens = resolve_register_count(num_register_tokens, n_storage_tokens)
+        self.aa_order = validate_aa_order(aa_order)
         if aa_block_size < 1 or depth % aa_block_size != 0:
             raise ValueError(
                 f"depth ({depth}) must be divisible by aa_block_size ({aa_block_size}); e.g. use aa_block_size in "
@@ -187,7 +160,7 @@ class Aggregator(nn.Module):
         self.check_input_range = check_input_range
         self._range_warned = False
 
-        pe = _build_patch_embed(
+        pe = build_patch_embed(
             patch_embed,
             img_size=img_size,
             patch_size=patch_size,
@@ -277,84 +250,24 @@ class Aggregator(nn.Module):
             self._resnet_std.copy_(torch.tensor(std).view(1, 1, 3, 1, 1))
 
     def _resolve_output_layers(self, spec: str | int | Sequence[int] | None) -> list[int]:
-        """Absolute layer indices (in the requested order) for an ``output_layers`` value."""
+        """Absolute layer indices (in the requested order) for an ``output_layers`` value (an int is one index)."""
         if spec is None:
             spec = self.output_layers
-        depth = self.depth
         if isinstance(spec, str):
             if spec != "all":
                 raise ValueError(f'output_layers must be "all", an int or a list of ints, got the string {spec!r}')
-            return list(range(depth))
-        items = [spec] if isinstance(spec, int) else list(spec)
-        if not items:
-            raise ValueError('output_layers is empty; pass "all" or at least one layer index')
-        layers = []
-        for item in items:
-            if isinstance(item, bool) or not isinstance(item, int):
-                raise TypeError(f"output_layers entries must be ints, got {item!r} ({type(item).__name__})")
-            if not -depth <= item < depth:
-                raise ValueError(
-                    f"output layer {item} is out of range for depth {depth} (valid: {-depth}..{depth - 1})"
-                )
-            layers.append(item % depth)
-        return layers
+            return list(range(self.depth))
+        if isinstance(spec, int) and not isinstance(spec, bool):
+            return [resolve_index(spec, self.depth, "output layer")]
+        return resolve_layer_indices(spec, self.depth, what="output_layers", sort=False, unique=False)
 
     # ------------------------------------------------------------------------------------------------ input
     def _validate_images(self, images: Tensor) -> Tensor:
-        """Check ``images`` and return them as ``[B, S, 3, H, W]``."""
-        if not isinstance(images, Tensor):
-            raise TypeError(f"expected a tensor [B, S, 3, H, W], got {type(images).__name__}")
-        if images.ndim == 4:
-            images = images.unsqueeze(0)  # [S, 3, H, W]: one sequence
-        elif images.ndim != 5:
-            hint = " (a single image: use images[None, None] for B=1, S=1)" if images.ndim == 3 else ""
-            raise ValueError(
-                f"expected images of shape [B, S, 3, H, W] (or [S, 3, H, W] for one sequence), got shape "
-                f"{tuple(images.shape)}{hint}"
-            )
-        if images.shape[2] != 3:
-            hint = " (channels-last? use images.permute(0, 1, 4, 2, 3))" if images.shape[-1] == 3 else ""
-            raise ValueError(
-                f"expected 3 colour channels at dim 2 of [B, S, 3, H, W], got shape {tuple(images.shape)}{hint}"
-            )
-        if not images.is_floating_point():
-            raise TypeError(
-                f"expected floating-point images in [0, 1], got dtype {images.dtype}; use images.float() / 255"
-            )
-        if images.shape[0] * images.shape[1] == 0:
-            raise ValueError(f"got an empty batch of shape {tuple(images.shape)}")
-        H, W = images.shape[-2:]
-        p = self.patch_size
-        problems = []
-        for name, side in (("height", H), ("width", W)):
-            if side % p:
-                lower, upper = side // p * p, (side // p + 1) * p
-                choices = f"{lower} or {upper}" if lower > 0 else f"{upper}"
-                problems.append(f"{name} {side} (nearest valid: {choices})")
-        if problems:
-            h_ok = H if H % p == 0 else max(p, round(H / p) * p)
-            w_ok = W if W % p == 0 else max(p, round(W / p) * p)
-            raise ValueError(
-                f"image sides must be multiples of the patch size {p}: {'; '.join(problems)}. Resize or crop the "
-                f"frames, e.g. to {h_ok}x{w_ok}"
-            )
+        """Check ``images`` and return them as ``[B, S, 3, H, W]`` (warns once for values far outside [0, 1])."""
+        images = validate_images(images, self.patch_size)
         if self.check_input_range and not self._range_warned:
-            self._check_range(images)
+            self._range_warned = warn_if_out_of_range(images)
         return images
-
-    def _check_range(self, images: Tensor) -> None:
-        if images.device.type == "meta" or torch.compiler.is_compiling():
-            return
-        lo, hi = (float(v) for v in torch.aminmax(images.detach()))
-        if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
-            self._range_warned = True
-            hint = " (0-255 pixels? divide by 255)" if hi > 2.0 else " (already normalised? pass the raw [0, 1] images)"
-            message = (
-                f"Aggregator expects images in [0, 1] and normalises them itself, but got values in "
-                f"[{lo:.3g}, {hi:.3g}]{hint}. This warning is shown once."
-            )
-            log.warning(message)
-            warnings.warn(message, UserWarning, stacklevel=4)
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(
@@ -424,12 +337,12 @@ class Aggregator(nn.Module):
         B, S, _, H, W = images.shape
         n = B * S
         frames = images.reshape(n, 3, H, W)
-        mean, std = self._resnet_mean[0], self._resnet_std[0]  # [1, 3, 1, 1]
+        mean, std = self._resnet_mean.flatten(), self._resnet_std.flatten()  # [3]
         step = n if not chunk or chunk >= n else int(chunk)
         P0 = self.patch_start_idx
         tokens: Tensor | None = None
         for start in range(0, n, step):
-            x = (frames[start : start + step] - mean) / std
+            x = normalize(frames[start : start + step], mean, std)
             patches = self._patch_tokens(x, n_patches, sink)  # [n_chunk, h * w, C]
             if tokens is None:
                 dtype = torch.promote_types(patches.dtype, self.camera_token.dtype)
@@ -505,12 +418,8 @@ class Aggregator(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ weights
     def load_vggt_state_dict(
-        self,
-        state_dict: Mapping[str, Tensor],
-        *,
-        strict: bool = True,
-        skip_patch_embed: bool = False,
-    ) -> LoadResult:
+        self, state_dict: Mapping[str, Tensor], *, strict: bool = True, skip_patch_embed: bool = False
+    ) -> VGGTLoadResult:
         """Load VGGT weights: a full ``VGGT`` state dict (``aggregator.*`` keys; other heads ignored) or the
         Aggregator's own.
 
@@ -518,69 +427,14 @@ class Aggregator(nn.Module):
         ``patch_embed.*`` entries are ignored (the backbone keeps its own weights, e.g. DINOv3's).
 
         Raises:
+            BackboneFamilyError: the checkpoint's ``patch_embed.*`` is another backbone family (DINOv2 tensors for a
+                DINOv3 backbone, ...), whatever ``strict`` says.
             StateDictMismatchError: with ``strict``, when keys are missing, unexpected or of the wrong shape
                 (all listed by name). Without ``strict`` they are logged and the rest is loaded.
         """
-        own = self.state_dict()
-        sd, ignored = extract_aggregator_state_dict(state_dict)
-        if skip_patch_embed:
-            dropped = [k for k in sd if k.startswith("patch_embed.")]
-            for k in dropped:
-                del sd[k]
-            ignored += dropped
-            if dropped:
-                log.info(
-                    "ignored %d patch_embed.* checkpoint entries (patch embedding weights come from elsewhere)",
-                    len(dropped),
-                )
-        optional = []
-        if not any(k.startswith("patch_proj.") for k in sd):
-            optional.append("patch_proj.")
-        if skip_patch_embed:
-            optional.append("patch_embed.")
-        missing = [k for k in own if k not in sd and not k.startswith(tuple(optional))]
-        unexpected = [k for k in sd if k not in own]
-        mismatched = [
-            (k, tuple(v.shape), tuple(own[k].shape))
-            for k, v in sd.items()
-            if k in own and tuple(v.shape) != tuple(own[k].shape)
-        ]
-        new_layers = [k for k in own if k not in sd and k.startswith("patch_proj.")]
-        if new_layers:
-            log.warning("patch_proj is not in the checkpoint (a new layer): it keeps its initialisation; train it")
-        if missing or unexpected or mismatched:
-            message = self._mismatch_message(missing, unexpected, mismatched)
-            if strict:
-                raise StateDictMismatchError(message, missing, unexpected, mismatched)
-            log.warning("%s", message)
-        bad = {k for k, _, _ in mismatched}
-        self.load_state_dict({k: v for k, v in sd.items() if k in own and k not in bad}, strict=False)
-        return LoadResult(missing, unexpected, mismatched, ignored)
-
-    def _mismatch_message(
-        self, missing: list[str], unexpected: list[str], mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
-    ) -> str:
-        lines = ["the checkpoint does not match this Aggregator:"]
-        if missing:
-            lines.append(f"missing keys ({len(missing)}): {_list_keys(missing)}")
-        if unexpected:
-            lines.append(f"unexpected keys ({len(unexpected)}): {_list_keys(unexpected)}")
-        if mismatched:
-            shown = ", ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in mismatched[:_MAX_LISTED_KEYS])
-            more = f" ... and {len(mismatched) - _MAX_LISTED_KEYS} more" if len(mismatched) > _MAX_LISTED_KEYS else ""
-            lines.append(f"shape mismatches ({len(mismatched)}): {shown}{more}")
-        pe_keys = [k for k in missing + unexpected if k.startswith("patch_embed.")]
-        if pe_keys and self.patch_embed_kind == "dinov3":
-            lines.append(
-                "The patch_embed.* entries belong to another backbone (VGGT's DINOv2): load the DINOv3 backbone "
-                "from its own weights with from_vggt(..., patch_embed_weights=True) (or a weights tag/file), or "
-                "pass strict=False."
-            )
-        elif pe_keys:
-            lines.append("Check that patch_embed matches the checkpoint (VGGT-1B uses 'dinov2_vitl14_reg').")
-        if mismatched:
-            lines.append("Check embed_dim, num_heads, mlp_ratio, num_register_tokens and img_size/patch_size.")
-        return "\n".join(lines)
+        return load_aggregator_weights(
+            self, state_dict, patch_embed_kind=self.patch_embed_kind, strict=strict, skip_patch_embed=skip_patch_embed
+        )
 
     @classmethod
     def from_vggt(
@@ -611,15 +465,12 @@ class Aggregator(nn.Module):
         Returns:
             The Aggregator in eval mode.
         """
-        state_dict = _load_state_dict(source, revision=revision)
+        state_dict = read_vggt_checkpoint(source, revision=revision)
         model = cls(patch_embed_weights=patch_embed_weights, **kwargs)
         model.load_vggt_state_dict(state_dict, strict=strict, skip_patch_embed=patch_embed_weights is not None)
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=dtype)
         return model.eval()
-
-
-# ---------------------------------------------------------------------------------------------------- helpers
 
 
 def _write_half(outputs: dict[int, Tensor], layer: int, half: int, value: Tensor) -> None:
@@ -630,241 +481,3 @@ def _write_half(outputs: dict[int, Tensor], layer: int, half: int, value: Tensor
         out = value.new_empty((*value.shape[:-1], 2 * C))
         outputs[layer] = out
     out[..., half * C : (half + 1) * C].copy_(value)
-
-
-def _list_keys(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_MAX_LISTED_KEYS])
-    return shown + (f" ... and {len(keys) - _MAX_LISTED_KEYS} more" if len(keys) > _MAX_LISTED_KEYS else "")
-
-
-def _resolve_register_count(num_register_tokens: int, n_storage_tokens: int | None) -> int:
-    if n_storage_tokens is None:
-        count = num_register_tokens
-    elif num_register_tokens not in (4, n_storage_tokens):  # 4 is VGGT's default: treat it as "not given"
-        raise ValueError(
-            f"num_register_tokens={num_register_tokens} and n_storage_tokens={n_storage_tokens} disagree; they are "
-            "the same setting (VGGT's and DINOv3's names): give only one"
-        )
-    else:
-        count = n_storage_tokens
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise ValueError(f"the number of register tokens must be an int >= 0, got {count!r}")
-    return count
-
-
-def _validate_aa_order(aa_order: Sequence[str]) -> list[str]:
-    if isinstance(aa_order, str):
-        raise ValueError(
-            f'aa_order must be a list of attention types such as ["frame", "global"], got the string {aa_order!r}'
-        )
-    order = list(aa_order)
-    unknown = [t for t in order if t not in AA_TYPES]
-    if unknown:
-        raise ValueError(f"unknown attention type(s) {unknown} in aa_order={order}; valid types are {list(AA_TYPES)}")
-    missing = [t for t in AA_TYPES if t not in order]
-    if missing:
-        raise ValueError(
-            f"aa_order={order} lacks {missing}: every layer output concatenates a frame and a global block, so "
-            'aa_order must contain both, e.g. ["frame", "global"]'
-        )
-    if len(order) != len(AA_TYPES):
-        raise ValueError(f"aa_order={order} repeats an attention type; use each of {list(AA_TYPES)} exactly once")
-    return order
-
-
-class _PatchEmbedSpec(NamedTuple):
-    module: nn.Module
-    kind: str  # "conv", "dinov2", "dinov3" or "module"
-    width: int
-    patch_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-def _dinov3_normalization(module: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from ..models import normalization_for
-
-    return normalization_for(getattr(module, "weights_tag", None))
-
-
-def _build_patch_embed(
-    patch_embed: str | nn.Module,
-    *,
-    img_size: int,
-    patch_size: int,
-    embed_dim: int,
-    num_register_tokens: int,
-    config: Mapping[str, Any] | None,
-    weights: Any,
-) -> _PatchEmbedSpec:
-    config = dict(config or {})
-    if isinstance(patch_embed, nn.Module):
-        if config or weights is not None:
-            raise ValueError("patch_embed_config and patch_embed_weights only apply to a patch_embed given by name")
-        kind = "module"
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-        if _is_dinov3_module(patch_embed):
-            kind = "dinov3"
-            mean, std = _dinov3_normalization(patch_embed)
-        width = int(getattr(patch_embed, "embed_dim", embed_dim))
-        p = getattr(patch_embed, "patch_size", patch_size)
-        p = int(p[0] if isinstance(p, tuple) else p)
-        return _PatchEmbedSpec(patch_embed, kind, width, p, mean, std)
-    if not isinstance(patch_embed, str):
-        raise TypeError(f"patch_embed must be a name or an nn.Module, got {type(patch_embed).__name__}")
-    if weights is not None and not patch_embed.startswith("dinov3"):
-        raise ValueError(
-            f"patch_embed_weights applies to DINOv3 patch embeddings only, not {patch_embed!r}; VGGT's DINOv2 weights "
-            "come from the VGGT checkpoint (Aggregator.from_vggt)"
-        )
-    if "conv" in patch_embed:
-        if config:
-            raise ValueError(f"patch_embed_config is not used by the conv patch embedding (got {sorted(config)})")
-        module = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=3, embed_dim=embed_dim)
-        return _PatchEmbedSpec(module, "conv", embed_dim, patch_size, IMAGENET_MEAN, IMAGENET_STD)
-    if patch_embed in DINOV2_PATCH_EMBEDS:
-        kwargs = {
-            "img_size": img_size,
-            "patch_size": patch_size,
-            "num_register_tokens": num_register_tokens,
-            "interpolate_antialias": True,
-            "interpolate_offset": 0.0,
-            "block_chunks": 0,
-            "init_values": 1.0,
-            **config,
-        }
-        module = DINOV2_PATCH_EMBEDS[patch_embed](**kwargs)
-        return _PatchEmbedSpec(module, "dinov2", module.embed_dim, module.patch_size, IMAGENET_MEAN, IMAGENET_STD)
-    if patch_embed.startswith("dinov3"):
-        from ..models import create_model
-
-        kwargs = dict(config)
-        if weights is not None:
-            kwargs["pretrained"] = True
-            if weights is not True:
-                kwargs["weights"] = weights
-        else:  # weights load through patch_embed_weights; a tag in the config only selects the architecture
-            kwargs.setdefault("pretrained", False)
-        module = create_model(patch_embed, **kwargs)
-        p = int(module.patch_size)
-        if p != patch_size and patch_size != 14:  # 14 is VGGT's default, i.e. "not chosen"
-            log.warning(
-                "patch_size=%d ignored: the DINOv3 backbone %s has %d-pixel patches", patch_size, patch_embed, p
-            )
-        mean, std = _dinov3_normalization(module)
-        return _PatchEmbedSpec(module, "dinov3", int(module.embed_dim), p, mean, std)
-    valid = ["conv", *DINOV2_PATCH_EMBEDS]
-    try:
-        from ..models import list_models
-
-        valid += list_models()
-    except ImportError:  # pragma: no cover - the models package is part of the library
-        pass
-    raise ValueError(
-        f"unknown patch_embed {patch_embed!r}; use 'conv', a VGGT DINOv2 name ({', '.join(DINOV2_PATCH_EMBEDS)}), "
-        f"a DINOv3 model name ({', '.join(n for n in valid if n.startswith('dinov3'))}; '_reg' suffix accepted) "
-        "or an nn.Module"
-    )
-
-
-def _is_dinov3_module(module: nn.Module) -> bool:
-    try:
-        from ..models import DinoVisionTransformer as DinoV3
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(module, DinoV3)
-
-
-_AGG_PREFIX = re.compile(r"^(?:.*?\.)?aggregator\.")
-
-
-def extract_aggregator_state_dict(state_dict: Mapping[str, Any]) -> tuple[dict[str, Tensor], list[str]]:
-    """Aggregator weights (keys relative to the Aggregator) and the keys that were left out.
-
-    Accepts a full VGGT state dict (``aggregator.*`` next to ``camera_head.*``, ``depth_head.*`` ...), a model
-    that holds VGGT under a longer prefix (``spatial_encoder.vggt_model.aggregator.*``; the prefix must be unique)
-    or an Aggregator-only state dict (returned as is). Training wrappers (``{"model": ...}``, ``module.``) are
-    unwrapped first.
-    """
-    sd = _unwrap(state_dict)
-    prefixes = {m.group(0) for k in sd if (m := _AGG_PREFIX.match(k))}
-    if not prefixes:
-        return dict(sd), []
-    if len(prefixes) > 1:
-        raise ValueError(
-            f"the checkpoint holds several aggregators ({sorted(prefixes)}); pass the state dict of one of them"
-        )
-    prefix = prefixes.pop()
-    kept = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-    ignored = [k for k in sd if not k.startswith(prefix)]
-    if ignored:
-        heads = sorted({k.split(".")[0] for k in ignored})
-        log.info("ignoring %d non-aggregator checkpoint entries (%s)", len(ignored), ", ".join(heads))
-    return kept, ignored
-
-
-def _unwrap(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        from ..hub.checkpoint_io import unwrap_state_dict
-    except ImportError:  # the hub is optional for this module
-        sd = dict(state_dict)
-        for key in ("model", "state_dict", "model_state_dict"):
-            if isinstance(sd.get(key), Mapping):
-                sd = dict(sd[key])
-        return sd
-    return unwrap_state_dict(state_dict)
-
-
-def _load_file(path: Path) -> dict[str, Tensor]:
-    try:
-        from ..hub.checkpoint_io import load_state_dict_file
-    except ImportError:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
-    return load_state_dict_file(path, unwrap=False)
-
-
-_HUB_FILES = ("model.safetensors", "model.pt")
-
-
-def _load_state_dict(
-    source: str | os.PathLike[str] | Mapping[str, Tensor], revision: str | None = None
-) -> Mapping[str, Any]:
-    """A state dict from a mapping, a file, a folder or a Hugging Face hub id."""
-    if isinstance(source, Mapping):
-        return source
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"source must be a state dict, a path or a hub id, got {type(source).__name__}")
-    path = Path(source).expanduser()
-    if path.is_file():
-        return _load_file(path)
-    if path.is_dir():
-        for name in _HUB_FILES:
-            if (path / name).is_file():
-                return _load_file(path / name)
-        raise FileNotFoundError(f"no {' or '.join(_HUB_FILES)} in the folder {path}")
-    text = str(source)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        return _load_state_dict(_download_from_hub(text, revision), revision)
-    raise FileNotFoundError(f"VGGT weights not found: {text!r} is neither a file, a folder nor a hub id ('org/name')")
-
-
-def _download_from_hub(repo_id: str, revision: str | None) -> Path:
-    try:
-        from ..hub.download import hf_download
-    except ImportError:
-        from huggingface_hub import hf_hub_download
-
-        def hf_download(repo_id: str, filename: str, revision: str | None = None) -> Path:  # type: ignore[misc]
-            return Path(hf_hub_download(repo_id, filename, revision=revision))
-
-    errors = []
-    for name in _HUB_FILES:
-        try:
-            return hf_download(repo_id, name, revision=revision)
-        except Exception as exc:  # try the next file name, report all failures below
-            errors.append(f"{name}: {exc}")
-    raise FileNotFoundError(f"could not fetch VGGT weights from the hub repo {repo_id!r}:\n" + "\n".join(errors))

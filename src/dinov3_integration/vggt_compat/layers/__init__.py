@@ -8,7 +8,10 @@ Same public names, signatures, defaults and state-dict keys as VGGT's modules, b
     from dinov3_integration.vggt_compat.layers.vision_transformer import vit_large
     from dinov3_integration.vggt_compat.layers.rope import RotaryPositionEmbedding2D, PositionGetter
 
-xFormers is never used (VGGT hard-codes it off).
+xFormers is never used (VGGT hard-codes it off). Two of VGGT's names collide with DINOv3 classes of this library,
+so the classes have distinct names and VGGT's names are aliases here: ``DinoVisionTransformer`` is
+:class:`DinoV2VisionTransformer` (not :class:`dinov3_integration.models.DinoVisionTransformer`), ``SwiGLUFFN`` is
+:class:`W12SwiGLUFFN` (keys ``w12``/``w3``, not :class:`dinov3_integration.layers.SwiGLUFFN`'s ``w1``/``w2``/``w3``).
 """
 
 from __future__ import annotations
@@ -20,12 +23,20 @@ from .layer_scale import LayerScale
 from .mlp import Mlp
 from .patch_embed import PatchEmbed
 from .rope import PositionGetter, RotaryPositionEmbedding2D
-from .swiglu_ffn import SwiGLU, SwiGLUFFN, SwiGLUFFNFused
-from .vision_transformer import DinoVisionTransformer, vit_base, vit_giant2, vit_large, vit_small
+from .swiglu_ffn import SwiGLU, SwiGLUFFN, SwiGLUFFNFused, W12SwiGLUFFN
+from .vision_transformer import (
+    DinoV2VisionTransformer,
+    DinoVisionTransformer,
+    vit_base,
+    vit_giant2,
+    vit_large,
+    vit_small,
+)
 
 __all__ = [
     "Attention",
     "Block",
+    "DinoV2VisionTransformer",
     "DinoVisionTransformer",
     "DropPath",
     "LayerScale",
@@ -38,6 +49,7 @@ __all__ = [
     "SwiGLU",
     "SwiGLUFFN",
     "SwiGLUFFNFused",
+    "W12SwiGLUFFN",
     "drop_path",
     "vit_base",
     "vit_giant2",

@@ -1,19 +1,21 @@
 """VGGT's ``vggt.layers.block``: the pre-norm transformer ``Block`` with positions, and ``NestedTensorBlock``.
 
-``Block`` subclasses the shared :class:`dinov3_integration.layers.SelfAttentionBlock` (same submodules and keys:
-``norm1``, ``attn.*``, ``ls1.gamma``, ``norm2``, ``mlp.*``, ``ls2.gamma``) with VGGT's constructor signature and
-``forward(x, pos=None)``: ``x = x + ls1(attn(norm1(x), pos))`` then ``x = x + ls2(mlp(norm2(x)))``.
+``Block`` is assembled from ready submodules, as VGGT writes it: ``norm1``, ``attn`` (any ``attn_class``, VGGT's
+:class:`~.attention.Attention` by default), ``ls1``, ``drop_path1``, ``norm2``, ``mlp`` (any ``ffn_layer``),
+``ls2``, ``drop_path2``; keys ``norm1.*``, ``attn.*``, ``ls1.gamma``, ``norm2.*``, ``mlp.*``, ``ls2.gamma``.
+``forward(x, pos=None)`` computes ``x = x + ls1(attn(norm1(x), pos=pos))`` then ``x = x + ls2(mlp(norm2(x)))``.
+Stochastic depth is the shared code of :mod:`dinov3_integration.layers.drop_path`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import overload
 
-import torch
 from torch import Tensor, nn
 
-from ...layers.block import SelfAttentionBlock
+from ...layers.drop_path import drop_add_residual_subset
+from ...layers.layer_scale import LayerScale
 from .attention import XFORMERS_AVAILABLE, Attention
 from .drop_path import DropPath
 from .mlp import Mlp
@@ -21,7 +23,7 @@ from .mlp import Mlp
 __all__ = ["Block", "NestedTensorBlock", "XFORMERS_AVAILABLE", "drop_add_residual_stochastic_depth"]
 
 
-class Block(SelfAttentionBlock):
+class Block(nn.Module):
     """Transformer block on ``[B, N, C] -> [B, N, C]`` with VGGT's arguments.
 
     Args:
@@ -32,7 +34,8 @@ class Block(SelfAttentionBlock):
         init_values: LayerScale init (None or 0: no LayerScale, ``ls1``/``ls2`` are identities).
         drop_path: stochastic depth rate (batch subsetting above 0.1 in training, as VGGT).
         act_layer, norm_layer: MLP activation and block norm classes (``nn.LayerNorm``: eps 1e-5).
-        attn_class: attention class, called with VGGT's keyword arguments (``qk_norm``, ``fused_attn``, ``rope``).
+        attn_class: attention class, called as ``attn_class(dim, num_heads=, qkv_bias=, proj_bias=, attn_drop=,
+            proj_drop=, qk_norm=, fused_attn=, rope=)`` (VGGT's keywords).
         ffn_layer: FFN class, called as ``ffn_layer(in_features=, hidden_features=, act_layer=, drop=, bias=)``.
         qk_norm, fused_attn, rope: forwarded to ``attn_class``.
     """
@@ -57,59 +60,41 @@ class Block(SelfAttentionBlock):
         fused_attn: bool = True,
         rope: nn.Module | None = None,
     ) -> None:
-        def build_attn(
-            dim: int, *, num_heads: int, qkv_bias: bool, proj_bias: bool, attn_drop: float, proj_drop: float,
-            qk_norm: bool, **_shared_only: Any,
-        ) -> nn.Module:  # fmt: skip
-            return attn_class(
-                dim,
-                num_heads=num_heads,
-                qkv_bias=qkv_bias,
-                proj_bias=proj_bias,
-                attn_drop=attn_drop,
-                proj_drop=proj_drop,
-                qk_norm=qk_norm,
-                fused_attn=fused_attn,
-                rope=rope,
-            )
-
-        def build_ffn(
-            *, in_features: int, hidden_features: int, act_layer: Callable[..., nn.Module], drop: float, bias: bool,
-            **_shared_only: Any,
-        ) -> nn.Module:  # fmt: skip
-            return ffn_layer(
-                in_features=in_features, hidden_features=hidden_features, act_layer=act_layer, drop=drop, bias=bias
-            )
-
-        super().__init__(
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = attn_class(
             dim,
-            num_heads,
-            ffn_ratio=mlp_ratio,
+            num_heads=num_heads,
             qkv_bias=qkv_bias,
             proj_bias=proj_bias,
-            ffn_bias=ffn_bias,
-            drop=drop,
             attn_drop=attn_drop,
-            init_values=init_values,
-            drop_path=drop_path,
-            act_layer=act_layer,
-            norm_layer=norm_layer,
-            attn_class=build_attn,
-            ffn_layer=build_ffn,
+            proj_drop=drop,
             qk_norm=qk_norm,
+            fused_attn=fused_attn,
+            rope=rope,
         )
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.ls1: nn.Module = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
+        self.drop_path1: nn.Module = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = ffn_layer(
+            in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop, bias=ffn_bias
+        )
+        self.ls2: nn.Module = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
+        self.drop_path2: nn.Module = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.sample_drop_ratio = drop_path
 
-    def _attn_residual(self, x: Tensor, pos: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def _attn_residual(self, x: Tensor, pos: Tensor | None = None) -> Tensor:
         return self.ls1(self.attn(self.norm1(x), pos=pos))
 
-    def forward(self, x: Tensor, pos: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def _ffn_residual(self, x: Tensor) -> Tensor:
+        return self.ls2(self.mlp(self.norm2(x)))
+
+    def forward(self, x: Tensor, pos: Tensor | None = None) -> Tensor:
         """``[B, N, C] -> [B, N, C]``; ``pos`` is ``[B, N, 2]`` (or None) and reaches the attention's rope."""
         if self.training and self.sample_drop_ratio > 0.1:
-            x = drop_add_residual_stochastic_depth(x, self._attn_residual, self.sample_drop_ratio, pos=pos)
-            return drop_add_residual_stochastic_depth(x, self._ffn_residual, self.sample_drop_ratio)
-        x = x + self.drop_path1(self._attn_residual(x, pos=pos))
+            x = drop_add_residual_subset(x, self._attn_residual, self.sample_drop_ratio, pos)
+            return drop_add_residual_subset(x, self._ffn_residual, self.sample_drop_ratio)
+        x = x + self.drop_path1(self._attn_residual(x, pos))
         return x + self.drop_path2(self._ffn_residual(x))
 
 
@@ -119,21 +104,14 @@ def drop_add_residual_stochastic_depth(
     sample_drop_ratio: float = 0.0,
     pos: Tensor | None = None,
 ) -> Tensor:
-    """Apply ``residual_func`` to a random subset of the batch of ``x`` (``[B, N, C]``) and add it back, scaled.
+    """VGGT's name and signature for :func:`dinov3_integration.layers.drop_path.drop_add_residual_subset`.
 
-    A fraction ``1 - sample_drop_ratio`` of the samples (at least one) gets ``residual * B / subset``; the others
-    are unchanged. ``pos`` (``[B, N, 2]``), when given, is subset the same way and passed as ``pos=``.
+    ``residual_func`` is applied to a random subset of the batch of ``x`` (``[B, N, C]``) and added back scaled by
+    ``B / subset``; ``pos`` (``[B, N, 2]``), when given, is subset the same way and passed as ``pos=``.
     """
-    b = x.shape[0]
-    subset = max(int(b * (1 - sample_drop_ratio)), 1)
-    brange = torch.randperm(b, device=x.device)[:subset]
-    if pos is not None:
-        residual = residual_func(x[brange], pos=pos[brange])
-    else:
-        residual = residual_func(x[brange])
-    scale = b / subset
-    out = torch.index_add(x.flatten(1), 0, brange, residual.to(dtype=x.dtype).flatten(1), alpha=scale)
-    return out.view_as(x)
+    if pos is None:
+        return drop_add_residual_subset(x, residual_func, sample_drop_ratio)
+    return drop_add_residual_subset(x, lambda t, p: residual_func(t, pos=p), sample_drop_ratio, pos)
 
 
 class NestedTensorBlock(Block):
@@ -142,7 +120,14 @@ class NestedTensorBlock(Block):
     VGGT's list path needs xFormers' block-diagonal masks; running the items one by one gives the same result.
     """
 
-    def forward(self, x_or_x_list: Tensor | list[Tensor], pos: Tensor | None = None) -> Tensor | list[Tensor]:  # type: ignore[override]
+    @overload
+    def forward(self, x_or_x_list: Tensor, pos: Tensor | None = None) -> Tensor: ...
+
+    @overload
+    def forward(self, x_or_x_list: list[Tensor], pos: None = None) -> list[Tensor]: ...
+
+    def forward(self, x_or_x_list: Tensor | list[Tensor], pos: Tensor | None = None) -> Tensor | list[Tensor]:
+        """A tensor as :meth:`Block.forward`; a list of tensors (no positions) item by item."""
         if isinstance(x_or_x_list, Tensor):
             return super().forward(x_or_x_list, pos=pos)
         if isinstance(x_or_x_list, (list, tuple)):

@@ -1,9 +1,10 @@
 """VGGT's ``vggt.layers.swiglu_ffn``: the SwiGLU feed-forward with a fused ``w12`` input projection.
 
-Key names differ from DINOv3's SwiGLU (``w1``/``w2``/``w3``): here the gate and up projections are one Linear,
-``w12`` (``[2 * hidden, in]``, gate rows first), followed by ``w3``. xFormers is never used (VGGT hard-codes
-``XFORMERS_AVAILABLE = False``), so ``SwiGLUFFNFused`` is the same module with the hidden width rounded, and
-``SwiGLU`` is an alias of ``SwiGLUFFN``.
+Key names differ from DINOv3's SwiGLU (:class:`dinov3_integration.layers.SwiGLUFFN`, keys ``w1``/``w2``/``w3``):
+here the gate and up projections are one Linear, ``w12`` (``[2 * hidden, in]``, gate rows first), followed by
+``w3``. The class is therefore named :class:`W12SwiGLUFFN`; ``SwiGLUFFN`` (VGGT's name) and ``SwiGLU`` are its
+aliases in this package. xFormers is never used (VGGT hard-codes ``XFORMERS_AVAILABLE = False``), so
+``SwiGLUFFNFused`` is the same module with the hidden width rounded.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from torch import Tensor, nn
 
 from ...layers.ffn import swiglu_hidden_features
 
-__all__ = ["SwiGLU", "SwiGLUFFN", "SwiGLUFFNFused", "XFORMERS_AVAILABLE"]
+__all__ = ["SwiGLU", "SwiGLUFFN", "SwiGLUFFNFused", "W12SwiGLUFFN", "XFORMERS_AVAILABLE"]
 
 XFORMERS_AVAILABLE = False
 
 
-class SwiGLUFFN(nn.Module):
+class W12SwiGLUFFN(nn.Module):
     """``w3(silu(x1) * x2)`` with ``[x1 | x2] = w12(x)``, on ``[..., in_features] -> [..., out_features]``.
 
     Args:
@@ -52,11 +53,13 @@ class SwiGLUFFN(nn.Module):
         return self.w3(F.silu(x1) * x2)
 
 
-SwiGLU = SwiGLUFFN
+SwiGLUFFN = W12SwiGLUFFN
+"""VGGT's name of :class:`W12SwiGLUFFN`."""
+SwiGLU = W12SwiGLUFFN
 
 
-class SwiGLUFFNFused(SwiGLUFFN):
-    """:class:`SwiGLUFFN` with the hidden width ``(int(hidden * 2 / 3) + 7) // 8 * 8`` (VGGT/DINOv2 rounding).
+class SwiGLUFFNFused(W12SwiGLUFFN):
+    """:class:`W12SwiGLUFFN` with the hidden width ``(int(hidden * 2 / 3) + 7) // 8 * 8`` (VGGT/DINOv2 rounding).
 
     For ``hidden_features = 4096`` the SwiGLU width is 2736.
     """

@@ -5,11 +5,11 @@ interpolate_antialias=True, interpolate_offset=0.0, block_chunks=0, init_values=
 VGGT's: ``cls_token``, ``pos_embed``, ``register_tokens``, ``mask_token``, ``patch_embed.proj.*``,
 ``blocks.N.*`` (``blocks.K.N.*`` with ``block_chunks > 0``) and ``norm.*``.
 
-Token layout after :meth:`DinoVisionTransformer.prepare_tokens_with_masks`: ``[cls, reg x R, patches]``; the
+Token layout after :meth:`DinoV2VisionTransformer.prepare_tokens_with_masks`: ``[cls, reg x R, patches]``; the
 position embedding is added to cls and patches only, before the registers are inserted.
 
 Differences from VGGT: the factories accept overrides of their architecture arguments (``vit_large(depth=2)``);
-gradient checkpointing is an explicit switch (:meth:`DinoVisionTransformer.set_gradient_checkpointing`) rather
+gradient checkpointing is an explicit switch (:meth:`DinoV2VisionTransformer.set_gradient_checkpointing`) rather
 than being tied to ``.training``.
 """
 
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ...utils.indices import resolve_layer_indices
 from .attention import MemEffAttention
 from .block import NestedTensorBlock
 from .mlp import Mlp
@@ -33,6 +34,7 @@ from .swiglu_ffn import SwiGLUFFNFused
 
 __all__ = [
     "BlockChunk",
+    "DinoV2VisionTransformer",
     "DinoVisionTransformer",
     "init_weights_vit_timm",
     "named_apply",
@@ -86,7 +88,7 @@ _FFN_LAYERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-class DinoVisionTransformer(nn.Module):
+class DinoV2VisionTransformer(nn.Module):
     """DINOv2 ViT with a learned, interpolated position embedding and optional register tokens.
 
     Args:
@@ -305,7 +307,7 @@ class DinoVisionTransformer(nn.Module):
             else:
                 flat.append(block)
         total = len(flat)
-        wanted = set(range(total - n, total)) if isinstance(n, int) else {i % total for i in n}
+        wanted = set(resolve_layer_indices(n, total, what="n"))
         outputs = []
         for i, block in enumerate(flat):
             x = self._run_block(block, x)
@@ -351,28 +353,33 @@ class DinoVisionTransformer(nn.Module):
 
 def _vit(
     arch: dict[str, Any], patch_size: int, num_register_tokens: int, kwargs: dict[str, Any]
-) -> DinoVisionTransformer:
+) -> DinoV2VisionTransformer:
     defaults = {"block_fn": partial(NestedTensorBlock, attn_class=MemEffAttention), "mlp_ratio": 4, **arch}
-    return DinoVisionTransformer(
+    return DinoV2VisionTransformer(
         patch_size=patch_size, num_register_tokens=num_register_tokens, **{**defaults, **kwargs}
     )
 
 
-def vit_small(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
+def vit_small(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoV2VisionTransformer:
     """ViT-S: width 384, 12 blocks, 6 heads (keyword arguments override any of these)."""
     return _vit({"embed_dim": 384, "depth": 12, "num_heads": 6}, patch_size, num_register_tokens, kwargs)
 
 
-def vit_base(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
+def vit_base(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoV2VisionTransformer:
     """ViT-B: width 768, 12 blocks, 12 heads."""
     return _vit({"embed_dim": 768, "depth": 12, "num_heads": 12}, patch_size, num_register_tokens, kwargs)
 
 
-def vit_large(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
+def vit_large(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoV2VisionTransformer:
     """ViT-L: width 1024, 24 blocks, 16 heads (VGGT-1B's patch embedding)."""
     return _vit({"embed_dim": 1024, "depth": 24, "num_heads": 16}, patch_size, num_register_tokens, kwargs)
 
 
-def vit_giant2(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoVisionTransformer:
+def vit_giant2(patch_size: int = 16, num_register_tokens: int = 0, **kwargs: Any) -> DinoV2VisionTransformer:
     """ViT-g/2: width 1536, 40 blocks, 24 heads."""
     return _vit({"embed_dim": 1536, "depth": 40, "num_heads": 24}, patch_size, num_register_tokens, kwargs)
+
+
+DinoVisionTransformer = DinoV2VisionTransformer
+"""VGGT's public name (``vggt.layers.vision_transformer.DinoVisionTransformer``) of :class:`DinoV2VisionTransformer`;
+distinct from DINOv3's :class:`dinov3_integration.models.DinoVisionTransformer`."""
