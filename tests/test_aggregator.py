@@ -330,7 +330,7 @@ def test_from_vggt_reports_bad_keys_by_name():
         Aggregator.from_vggt(state, img_size=28, embed_dim=32, depth=2, num_heads=4, patch_embed="conv")
     message = str(info.value)
     assert "global_blocks.1.ls2.gamma" in message and "frame_blocks.9.mlp.fc1.weight" in message
-    assert "camera_token: checkpoint (1, 2, 1, 16) vs model (1, 2, 1, 32)" in message
+    assert "camera_token: (1, 2, 1, 16) in the checkpoint vs (1, 2, 1, 32)" in message  # hub.mismatch wording
     assert "camera_head" not in message  # other heads are ignored, not reported
     assert info.value.missing_keys == ["global_blocks.1.ls2.gamma"]
     loose = Aggregator.from_vggt(

@@ -4,8 +4,9 @@
   read only with :func:`dinov3_integration.hub.checkpoint_io.load_state_dict_file` (safetensors, or
   ``torch.load(weights_only=True)``; there is no other reader).
 - :func:`extract_aggregator_state_dict`: the ``aggregator.*`` part of a full VGGT (or Spatial-MLLM) state dict.
-- :func:`load_aggregator_weights`: compare, refuse what must not load (another backbone family's tensors), report
-  every bad key by name (:class:`StateDictMismatchError`) and load.
+- :func:`load_aggregator_weights`: compare (:func:`dinov3_integration.hub.mismatch.compare_state_dicts`, the one
+  reporter), refuse what must not load (another backbone family's tensors), report every bad key by name
+  (:class:`StateDictMismatchError`) and load.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .._logging import get_logger
 from ..hub.checkpoint_io import load_state_dict_file, unwrap_state_dict
 from ..hub.download import hf_download
 from ..hub.errors import WeightsMismatchError
+from ..hub.mismatch import StateDictMismatch, compare_state_dicts
 
 __all__ = [
     "BackboneFamilyError",
@@ -30,6 +32,7 @@ __all__ = [
     "VGGT_WEIGHT_FILES",
     "extract_aggregator_state_dict",
     "load_aggregator_weights",
+    "mismatch_message",
     "patch_embed_family",
     "read_vggt_checkpoint",
 ]
@@ -217,46 +220,31 @@ def load_aggregator_weights(
     optional = ["patch_embed."] if skip_patch_embed else []
     if not any(k.startswith("patch_proj.") for k in sd):
         optional.append("patch_proj.")
-    missing = [k for k in own if k not in sd and not k.startswith(tuple(optional))]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [
-        (k, tuple(v.shape), tuple(own[k].shape))
-        for k, v in sd.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
+    report = compare_state_dicts(sd, own, optional=optional)
+    missing, unexpected = report.missing, report.unexpected
+    mismatched = [*report.wrong_shape, *((k, tuple(sd[k].shape), tuple(own[k].shape)) for k, *_ in report.wrong_kind)]
     found = patch_embed_family(sd)
     if found is not None and patch_embed_kind in _FAMILY_NAMES and found != patch_embed_kind:
         raise _family_error(found, patch_embed_kind, missing, unexpected)
     if any(k.startswith("patch_proj.") for k in own) and "patch_proj." in optional:
         log.warning("patch_proj is not in the checkpoint (a new layer): it keeps its initialisation; train it")
-    if missing or unexpected or mismatched:
-        message = mismatch_message(missing, unexpected, mismatched)
+    if report:
+        message = mismatch_message(report)
         if strict:
             raise StateDictMismatchError(message, missing, unexpected, mismatched)
         log.warning("%s", message)
-    bad = {k for k, _, _ in mismatched}
+    bad = report.unusable
     module.load_state_dict({k: v for k, v in sd.items() if k in own and k not in bad}, strict=False)
     return VGGTLoadResult(missing, unexpected, mismatched, ignored)
 
 
-def _list_keys(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_MAX_LISTED_KEYS])
-    return shown + (f" ... and {len(keys) - _MAX_LISTED_KEYS} more" if len(keys) > _MAX_LISTED_KEYS else "")
-
-
-def mismatch_message(missing: list[str], unexpected: list[str], mismatched: list[Mismatch]) -> str:
-    """Every missing, unexpected and wrongly shaped key by name (the first 40 of each), and what to check."""
-    lines = ["the checkpoint does not match this Aggregator:"]
-    if missing:
-        lines.append(f"missing keys ({len(missing)}): {_list_keys(missing)}")
-    if unexpected:
-        lines.append(f"unexpected keys ({len(unexpected)}): {_list_keys(unexpected)}")
-    if mismatched:
-        shown = ", ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in mismatched[:_MAX_LISTED_KEYS])
-        more = f" ... and {len(mismatched) - _MAX_LISTED_KEYS} more" if len(mismatched) > _MAX_LISTED_KEYS else ""
-        lines.append(f"shape mismatches ({len(mismatched)}): {shown}{more}")
+def mismatch_message(report: StateDictMismatch) -> str:
+    """The hub's one mismatch summary (:mod:`dinov3_integration.hub.mismatch`, up to 40 keys per kind by name) and
+    what to check."""
+    lines = [f"the checkpoint does not match this Aggregator: {report.summary(limit=_MAX_LISTED_KEYS)}"]
+    if report.wrong_shape:
         lines.append("Check embed_dim, num_heads, mlp_ratio, num_register_tokens and img_size/patch_size.")
-    if any(k.startswith("patch_embed.") for k in missing + unexpected):
+    if any(k.startswith("patch_embed.") for k in report.missing + report.unexpected):
         lines.append(
             "Check that patch_embed matches the checkpoint (VGGT-1B uses 'dinov2_vitl14_reg'), or keep the "
             "backbone's own weights with skip_patch_embed=True (from_vggt: patch_embed_weights=...)."

@@ -13,8 +13,9 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from .._logging import get_logger
+from ..factory import create_model
 from ..models import DinoVisionTransformer as DinoV3VisionTransformer
-from ..models import create_model, list_models, normalization_for
+from ..models import list_models, normalization_for
 from ..utils.normalization import IMAGENET_MEAN, IMAGENET_STD
 from .layers.patch_embed import PatchEmbed
 from .layers.vision_transformer import vit_base, vit_giant2, vit_large, vit_small
