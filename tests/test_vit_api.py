@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import randomize_
-from dinov3_integration.models import create_model
+from dinov3_integration.models import DinoVisionTransformer, create_model
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +257,66 @@ def test_block_call_patterns(tiny) -> None:
         blk(a, ra, rope=ra)
     with pytest.raises(TypeError, match="tensor or a list"):
         blk((a, b), [ra, rb])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"n_storage_tokens": -1}, r"n_storage_tokens=-1: must be an integer >= 0"),
+        ({"n_storage_tokens": 1.5}, r"n_storage_tokens=1.5"),
+        ({"ffn_ratio": float("nan")}, r"ffn_ratio=nan: must be a finite number"),
+        ({"ffn_ratio": 0.0}, r"ffn_ratio=0.0"),
+        ({"pos_embed_rope_base": float("nan")}, r"pos_embed_rope_base=nan"),
+        ({"pos_embed_rope_base": -100.0}, r"pos_embed_rope_base=-100.0"),
+        ({"pos_embed_rope_rescale_coords": 0.5}, r"pos_embed_rope_rescale_coords=0.5.*\[1, inf\)"),
+        ({"pos_embed_rope_jitter_coords": float("inf")}, r"pos_embed_rope_jitter_coords=inf"),
+        ({"pos_embed_rope_shift_coords": -0.1}, r"pos_embed_rope_shift_coords"),
+        ({"drop_path_rate": float("nan")}, r"drop_path_rate=nan"),
+        ({"drop_path_rate": 1.5}, r"drop_path_rate=1.5.*\[0, 1\]"),
+        ({"layerscale_init": float("nan")}, r"layerscale_init=nan"),
+        ({"embed_dim": 0}, r"embed_dim=0: must be a positive integer"),
+        ({"embed_dim": 64.0}, r"embed_dim=64.0: must be a positive integer"),
+        ({"depth": -2}, r"depth=-2"),
+        ({"num_heads": 0}, r"num_heads=0"),
+        ({"patch_size": True}, r"patch_size=True"),
+        ({"in_chans": 0}, r"in_chans=0"),
+    ],
+)
+def test_constructor_validates_ranges(kwargs, pattern) -> None:
+    """issue 14 item 8: bad numbers are refused at construction, naming the argument and the valid range."""
+    args = {"embed_dim": 64, "depth": 1, "num_heads": 4, **kwargs}
+    with pytest.raises(ValueError, match=pattern):
+        DinoVisionTransformer(**args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_float_dtypes_are_cast_to_the_model_dtype(tiny, dtype) -> None:
+    """issue 14 item 15: float64/float16 images into a float32 model are cast (transformers' rule), not a traceback."""
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = tiny(x.to(dtype).float())
+        out = tiny(x.to(dtype))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("masks", "exc", "pattern"),
+    [
+        (torch.zeros(2, 5, dtype=torch.bool), ValueError, r"shape \[B, N\] = \[2, 4\].*got \(2, 5\)"),
+        (torch.zeros(2, 2, 2, dtype=torch.bool), ValueError, r"masks.flatten\(1\)"),
+        (torch.zeros(1, 4, dtype=torch.bool), ValueError, r"got \(1, 4\)"),
+        (torch.zeros(2, 4), TypeError, r"dtype torch.float32; use masks.bool\(\)"),
+        ([[True] * 4] * 2, TypeError, r"bool tensor.*got list"),
+    ],
+)
+def test_bad_masks_errors(tiny, masks, exc, pattern) -> None:
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(exc, match=pattern):
+        tiny.forward_features(x, masks=masks)
+
+
+def test_list_input_needs_list_masks(tiny) -> None:
+    a, b = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    with pytest.raises(TypeError, match="pass masks as a list too"):
+        tiny.forward_features([a, b], masks=torch.zeros(2, 4, dtype=torch.bool))

@@ -9,7 +9,6 @@ State-dict keys match the official ``.pth`` files (``cls_token``, ``storage_toke
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from functools import partial
@@ -34,6 +33,7 @@ from ..layers import (
     fastpath,
 )
 from ..utils.indices import resolve_layer_indices
+from .vit_checks import check_image_batch, check_masks, check_vit_args
 
 log = get_logger("models")
 
@@ -44,8 +44,6 @@ FFN_LAYERS = {
     "swiglu64": partial(SwiGLUFFN, align_to=64),
     "swiglu128": partial(SwiGLUFFN, align_to=128),
 }
-
-_size_warnings: set[tuple[int, int, int]] = set()
 
 
 def init_weights_vit(module: nn.Module, name: str = "") -> None:
@@ -129,6 +127,26 @@ class DinoVisionTransformer(nn.Module):
         **ignored_kwargs: Any,
     ) -> None:
         super().__init__()
+        check_vit_args(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            ffn_ratio=ffn_ratio,
+            drop_path_rate=drop_path_rate,
+            layerscale_init=layerscale_init,
+            n_storage_tokens=n_storage_tokens,
+            rope={
+                "base": pos_embed_rope_base,
+                "min_period": pos_embed_rope_min_period,
+                "max_period": pos_embed_rope_max_period,
+                "shift_coords": pos_embed_rope_shift_coords,
+                "jitter_coords": pos_embed_rope_jitter_coords,
+                "rescale_coords": pos_embed_rope_rescale_coords,
+            },
+        )
         if ignored_kwargs:
             log.warning("DinoVisionTransformer ignores unknown arguments: %s", sorted(ignored_kwargs))
         if norm_layer not in NORM_LAYERS:
@@ -228,44 +246,23 @@ class DinoVisionTransformer(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ input
     def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"expected a torch.Tensor image batch [B, {self.in_chans}, H, W], got {type(x).__name__}")
-        if x.ndim != 4:
-            hint = " (add a batch dim with x[None])" if x.ndim == 3 else ""
-            raise ValueError(f"expected a 4-D image batch [B, {self.in_chans}, H, W], got shape {tuple(x.shape)}{hint}")
-        if x.shape[1] != self.in_chans:
-            hint = " (channels-last input? use x.permute(0, 3, 1, 2))" if x.shape[-1] == self.in_chans else ""
-            raise ValueError(
-                f"expected {self.in_chans} channels in dim 1 ([B, {self.in_chans}, H, W]), "
-                f"got shape {tuple(x.shape)}{hint}"
-            )
-        if not x.is_floating_point():
-            raise TypeError(
-                f"expected a floating-point image tensor, got dtype {x.dtype}; convert with x.float() / 255 and "
-                "normalise with the model's mean and std"
-            )
-        H, W = x.shape[-2:]
-        p = self.patch_size
-        if H < p or W < p:
-            raise ValueError(f"input {H}x{W} is smaller than one {p}x{p} patch")
-        if (H % p or W % p) and not torch.compiler.is_compiling():
-            key = (H, W, p)
-            if key not in _size_warnings:
-                _size_warnings.add(key)
-                warnings.warn(
-                    f"input size {H}x{W} is not a multiple of the patch size {p}: the last {H % p} rows and "
-                    f"{W % p} columns are dropped (grid {H // p}x{W // p}); resize to "
-                    f"{H // p * p}x{W // p * p} or {-(-H // p) * p}x{-(-W // p) * p} to use every pixel",
-                    stacklevel=4,
-                )
+        check_image_batch(x, self.in_chans, self.patch_size, stacklevel=5)
 
     def prepare_tokens_with_masks(self, x: Tensor, masks: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
-        """``[B, 3, H, W] -> ([B, 1 + R + N, D], (H // p, W // p))``; masked patches become ``mask_token``."""
+        """``[B, 3, H, W] -> ([B, 1 + R + N, D], (H // p, W // p))``; masked patches become ``mask_token``.
+
+        ``masks``: bool ``[B, N]`` (True: replaced by ``mask_token``). A floating-point image of another dtype
+        than the model (float64, float16) is cast to the patch embedding's dtype, as ``transformers`` does.
+        """
         self._check_input(x)
+        weight_dtype = self.patch_embed.proj.weight.dtype
+        if x.dtype != weight_dtype:
+            x = x.to(weight_dtype)
         x = self.patch_embed(x)  # [B, h, w, D]
         B, H, W, _ = x.shape
         x = x.flatten(1, 2)  # [B, N, D]
         if masks is not None:
+            check_masks(masks, B, (H, W))
             x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype).unsqueeze(0), x)
             cls_token = self.cls_token
         else:
@@ -348,8 +345,12 @@ class DinoVisionTransformer(nn.Module):
         """
         if isinstance(x, Tensor):
             return self.forward_features_list([x], [masks])[0]
+        if not isinstance(x, (list, tuple)):
+            raise TypeError(f"expected an image batch [B, 3, H, W] or a list of them, got {type(x).__name__}")
         if masks is None:
             masks = [None] * len(x)
+        elif not isinstance(masks, (list, tuple)):
+            raise TypeError("with a list of image batches, pass masks as a list too (one bool [B, N] or None each)")
         return self.forward_features_list(list(x), list(masks))
 
     def forward(self, *args: Any, is_training: bool = False, **kwargs: Any) -> Tensor | dict[str, Any] | list:
