@@ -33,6 +33,7 @@ from ..layers import (
     fastpath,
 )
 from ..utils.indices import resolve_layer_indices
+from .timm_api import TimmConventions, _check_pool
 from .vit_checks import check_image_batch, check_masks, check_vit_args
 
 log = get_logger("models")
@@ -58,7 +59,7 @@ def init_weights_vit(module: nn.Module, name: str = "") -> None:
         module.reset_parameters()
 
 
-class DinoVisionTransformer(nn.Module):
+class DinoVisionTransformer(TimmConventions, nn.Module):
     """The DINOv3 ViT. Keyword-only arguments and defaults are the reference constructor's.
 
     Args:
@@ -81,6 +82,9 @@ class DinoVisionTransformer(nn.Module):
         untie_cls_and_patch_norms: a separate ``cls_norm`` for the CLS and storage tokens.
         untie_global_and_local_cls_norm: a ``local_cls_norm`` (training only) and split final norm calls.
         device: build on this device (``"meta"`` allocates nothing).
+        num_classes, global_pool: timm's classifier settings (not in the reference): ``num_classes > 0`` adds a
+            ``head`` ``Linear``; ``global_pool`` (``"token"``, ``"avg"``, ``"token+avg"``) is what ``forward`` feeds
+            it (see :class:`~dinov3_integration.models.timm_api.TimmConventions`).
 
     Attributes:
         use_fast_paths: eager inference forwards (eval, no gradients, no hooks, not compiling) run the layers' fast
@@ -124,6 +128,8 @@ class DinoVisionTransformer(nn.Module):
         untie_cls_and_patch_norms: bool = False,
         untie_global_and_local_cls_norm: bool = False,
         device: torch.device | str | None = None,
+        num_classes: int = 0,
+        global_pool: str = "token",
         **ignored_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -226,6 +232,9 @@ class DinoVisionTransformer(nn.Module):
             self.local_cls_norm = norm_layer_cls(embed_dim) if untie_global_and_local_cls_norm else None
             self.head = nn.Identity()
             self.mask_token = nn.Parameter(torch.empty(1, embed_dim))
+            self.global_pool = _check_pool(global_pool)
+            if num_classes:
+                self.reset_classifier(num_classes)
         if device is None or torch.device(device).type != "meta":
             self.init_weights()
 
@@ -354,13 +363,16 @@ class DinoVisionTransformer(nn.Module):
         return self.forward_features_list(list(x), list(masks))
 
     def forward(self, *args: Any, is_training: bool = False, **kwargs: Any) -> Tensor | dict[str, Any] | list:
-        """``head(x_norm_clstoken)`` (``[B, D]`` with the identity head); ``is_training=True`` returns the dict."""
+        """``head(x_norm_clstoken)`` (``[B, D]`` with the identity head); ``is_training=True`` returns the dict.
+
+        With ``global_pool="avg"`` / ``"token+avg"`` the head gets that pooling instead (:meth:`forward_head`).
+        """
         ret = self.forward_features(*args, **kwargs)
         if is_training:
             return ret
         if isinstance(ret, list):
-            return [self.head(r["x_norm_clstoken"]) for r in ret]
-        return self.head(ret["x_norm_clstoken"])
+            return [self.forward_head(r) for r in ret]
+        return self.forward_head(ret)
 
     # ------------------------------------------------------------------------------------------------ layers
     def _block_indices(self, n: int | Sequence[int]) -> list[int]:
