@@ -196,7 +196,7 @@ def test_no_secret_in_any_log_record_error_or_traceback(
             call()
         text = "".join(traceback.format_exception(info.value))  # chained causes and contexts included
         assert not _leaks(text), f"{case}: secret in the error or its traceback:\n{text}"
-        assert isinstance(info.value, DownloadError) or case in {"unsupported", "hash"}, f"{case}: {info.value!r}"
+        assert isinstance(info.value, DownloadError) or case == "hash", f"{case}: {info.value!r}"
     for record in caplog.records:
         shown = record.getMessage() + (logging.Formatter().formatException(record.exc_info) if record.exc_info else "")
         assert not _leaks(shown), f"secret in a log record: {shown}"
@@ -235,6 +235,9 @@ def test_readme_placeholder_through_resolve_weights_is_a_download_error(cache: P
         "https://a..b/x.pth",
         "https:///x.pth",
         "http://" + "a" * 70 + ".com/x.pth",
+        "https://host/",
+        "ftp://host/x.pth",
+        "file://otherhost/x.pth",
     ],
 )
 def test_every_malformed_url_is_a_download_error(cache: Path, url: str) -> None:

@@ -6,7 +6,9 @@
 - :func:`compare_state_dicts` (:mod:`.mismatch`) is the one state-dict mismatch reporter (missing, unexpected,
   mis-shaped and wrong-kind tensors), also used by ``vggt_compat``.
 - :mod:`.formats` converts between the official, Hugging Face and timm layouts; :mod:`.convert` writes them.
-- :mod:`.download` fetches URLs and Hugging Face files into the cache (:mod:`.cache`), verified and atomically.
+- :mod:`.download` fetches URLs into the cache (:mod:`.cache`: safe names keyed on the URL), verified and
+  atomically, under a per-file lock (:mod:`.lock`); :mod:`.transfer` does the HTTP attempts (retries, ``Range``)
+  and :mod:`.huggingface` the Hugging Face files (clear errors, fast failure when the Hub is unreachable).
 - :mod:`.checkpoint_io` reads and writes checkpoint files safely (``weights_only=True``, safetensors preferred).
 
 Submodules are imported on first use, so ``import dinov3_integration.hub`` stays light.

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from dinov3_integration._logging import get_logger
-from dinov3_integration.hub.errors import WeightsError
+from dinov3_integration.hub.errors import DownloadError, WeightsError
 from dinov3_integration.utils.atomic import atomic_path, fsync_dir
 from dinov3_integration.utils.redact import redact_url, strip_query
 
@@ -86,12 +86,16 @@ def url_to_filename(url: str) -> str:
     try:
         raw = urlsplit(url).path
     except ValueError as exc:
-        raise WeightsError(f"Malformed URL {redact_url(url)!r} ({exc}). Check it, or pass a local file path.") from None
+        shown = redact_url(url)
+        raise DownloadError(
+            f"Malformed URL {shown!r} ({exc}). Check it, or pass a local file path.", url=shown
+        ) from None
     name = unquote(raw.rstrip("/").rsplit("/", 1)[-1])
     name = _CONTROL.sub("_", name.replace("\\", "/").rsplit("/", 1)[-1]).lstrip(". ").rstrip(" ")
     if not name:
-        raise WeightsError(
-            f"Cannot derive a file name from the URL {redact_url(url)!r}. Pass an explicit destination file (dst=...)."
+        shown = redact_url(url)
+        raise DownloadError(
+            f"Cannot derive a file name from the URL {shown!r}. Pass an explicit destination file (dst=...).", url=shown
         )
     return _cap_length(name)
 
@@ -130,7 +134,8 @@ def cache_path_for_url(url: str, cache_dir: str | os.PathLike[str] | None = None
     root = Path(cache_dir) if cache_dir is not None else get_cache_dir()
     parts = cache_relpath(url).split("/")
     if any(p in {"", ".", ".."} or os.sep in p or (os.altsep and os.altsep in p) for p in parts):  # a guard only
-        raise WeightsError(f"Refusing the cache name of {redact_url(url)!r}: it would leave the cache folder.")
+        shown = redact_url(url)
+        raise DownloadError(f"Refusing the cache name of {shown!r}: it would leave the cache folder.", url=shown)
     return root.joinpath(*parts)
 
 

@@ -38,7 +38,6 @@ from dinov3_integration.hub.errors import (
     DownloadError,
     HashMismatchError,
     IncompleteDownloadError,
-    WeightsError,
     WeightsNotFoundError,
 )
 from dinov3_integration.hub.huggingface import _hf_errors, hf_cache_dir, hf_download, hf_offline
@@ -135,9 +134,10 @@ def _check_url(url: str) -> str:
             f"Malformed URL {shown!r} ({exc}). Check it, or pass a local file path.", url=shown
         ) from None
     if scheme not in {"http", "https", "file"}:
-        raise WeightsError(
+        raise DownloadError(
             f"Unsupported URL {shown!r}: only http://, https:// and file:// URLs can be downloaded. "
-            "For a local file, pass its path instead of a URL."
+            "For a local file, pass its path instead of a URL.",
+            url=shown,
         )
     if _BAD_URL_CHARS.search(url):
         raise DownloadError(
@@ -174,7 +174,10 @@ def _resolve_dst(url: str, dst: str | os.PathLike[str] | None) -> Path:
 def _local_path_from_file_url(url: str) -> Path:
     parts = urlsplit(url)
     if parts.netloc not in {"", "localhost"}:
-        raise WeightsError(f"Cannot read {url!r}: file:// URLs must point to this machine (file:///path/to/file).")
+        raise DownloadError(
+            f"Cannot read {redact_url(url)!r}: file:// URLs must point to this machine (file:///path/to/file).",
+            url=redact_url(url),
+        )
     return Path(urllib.request.url2pathname(parts.path))
 
 
@@ -183,7 +186,7 @@ def _use_local_file(url: str, *, expected_sha256: str | None, hash_prefix: str |
     path = _local_path_from_file_url(url)
     if not path.is_file():
         raise WeightsNotFoundError(
-            f"No such file: {path} (from {url!r}). Check the path, or pass the file's path directly.",
+            f"No such file: {path} (from {redact_url(url)!r}). Check the path, or pass the file's path directly.",
             searched=[str(path)],
         )
     if expected_sha256 or hash_prefix:
