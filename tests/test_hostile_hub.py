@@ -517,3 +517,29 @@ def test_errors_still_typed(server: LocalHTTPServer, cache: Path) -> None:
     wrong = "0" * 8 if not SHA.startswith("0" * 8) else "1" * 8
     with pytest.raises(HashMismatchError):
         fetch(server.add(f"/w/m-{wrong}.pth", body=PAYLOAD))
+
+
+def test_no_network_is_not_retried(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import urllib.error
+    import urllib.request
+
+    calls: list[str] = []
+
+    def unreachable(request: object, timeout: float) -> object:
+        calls.append("x")
+        raise urllib.error.URLError(OSError(errno.ENETUNREACH, "Network is unreachable"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    with pytest.raises(DownloadError, match="Network is unreachable"):
+        fetch("https://dl.fbaipublicfiles.com/dinov3/x.pth" + SIGNED, retries=3, backoff=1.0)
+    assert calls == ["x"]
+
+
+def test_deprecated_temp_helpers_still_work(tmp_path: Path) -> None:
+    from dinov3_integration.hub.cache import commit_file, temp_path_beside
+
+    tmp = temp_path_beside(tmp_path / "out.bin")
+    tmp.write_bytes(b"data")
+    commit_file(tmp, tmp_path / "out.bin")
+    assert files_under(tmp_path) == ["out.bin"] and (tmp_path / "out.bin").read_bytes() == b"data"

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from dinov3_integration._logging import get_logger
 from dinov3_integration.hub.errors import DownloadError, WeightsError
-from dinov3_integration.utils.atomic import atomic_path, fsync_dir
+from dinov3_integration.utils.atomic import atomic_path, commit_temp, fsync_dir, new_temp_path
 from dinov3_integration.utils.redact import redact_url, strip_query
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "cache_path_for_url",
     "cache_relpath",
     "check_digest",
+    "commit_file",
     "ensure_dir",
     "find_cached",
     "fsync_dir",
@@ -33,6 +34,7 @@ __all__ = [
     "hash_prefix_from_filename",
     "redact_url",
     "sha256_file",
+    "temp_path_beside",
     "url_to_filename",
 ]
 
@@ -187,3 +189,13 @@ def atomic_write(dst: str | os.PathLike[str]) -> Iterator[Path]:
     ensure_dir(target.parent)
     with atomic_path(target) as tmp:
         yield tmp
+
+
+def temp_path_beside(dst: Path) -> Path:
+    """Deprecated thin wrapper: :func:`dinov3_integration.utils.atomic.new_temp_path` (or use :func:`atomic_write`)."""
+    return new_temp_path(dst)
+
+
+def commit_file(tmp: Path, dst: Path) -> None:
+    """Deprecated thin wrapper: :func:`dinov3_integration.utils.atomic.commit_temp` (fsync, rename, fsync folder)."""
+    commit_temp(tmp, dst)

@@ -10,6 +10,7 @@ exception of ``urllib``/``http.client`` (whose text may hold the URL) is chained
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import socket
@@ -132,10 +133,13 @@ def fetch(url: str, fh: IO[bytes], bar: Any, state: Transfer, *, retries: int, b
 
 
 def _is_permanent(exc: BaseException) -> bool:
-    """A failure another attempt cannot fix: a host name that does not resolve, a malformed URL."""
+    """A failure another attempt cannot fix: a host name that does not resolve, no network, a malformed URL."""
     if isinstance(exc, (http.client.InvalidURL, ValueError)):
         return True
-    return isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, (socket.gaierror, ValueError))
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, (socket.gaierror, ValueError)):
+        return True
+    return isinstance(reason, OSError) and reason.errno == errno.ENETUNREACH
 
 
 def _fetch_once(url: str, fh: IO[bytes], bar: Any, state: Transfer, timeout: float) -> None:

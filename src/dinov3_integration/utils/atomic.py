@@ -28,6 +28,7 @@ __all__ = [
     "commit_temp",
     "current_umask",
     "fsync_dir",
+    "new_temp_path",
     "partial_path",
     "remove_stale_temps",
     "temp_prefix",
@@ -62,6 +63,14 @@ def _new_temp(dst: Path, *, folder: bool = False) -> Path:
             continue
         return candidate
     raise OSError(f"could not create a temporary {'folder' if folder else 'file'} in {dst.parent}")
+
+
+def new_temp_path(dst: str | os.PathLike[str]) -> Path:
+    """Create and return an empty, uniquely named temporary file beside ``dst`` (plain-``open`` permissions).
+
+    For writers that cannot use :func:`atomic_path`'s ``with`` block; commit it with :func:`commit_temp`.
+    """
+    return _new_temp(Path(dst))
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
