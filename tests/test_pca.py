@@ -55,3 +55,46 @@ def test_pca_colors_and_pictures() -> None:
     assert alone.size == (80, 64)
     grid = compose_rows([row, alone])
     assert grid.size == (320, 192)
+
+
+def _full_svd_pca(x: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The solver before the low-rank one: a full float64 SVD, components with scikit-learn's sign rule."""
+    xc = x.double() - x.double().mean(0)
+    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
+    comps = vh[:k]
+    signs = torch.sign(comps.gather(1, comps.abs().argmax(1, keepdim=True))).squeeze(1)
+    return comps * signs[:, None], (s[:k] ** 2 / (x.shape[0] - 1)).sqrt()
+
+
+def test_low_rank_solver_equals_the_full_svd() -> None:
+    """Issue 15 item 3: the covariance/subspace solver gives the full SVD's components (same signs) and pictures."""
+    g = torch.Generator().manual_seed(3)
+    for m, d in [(600, 96), (40, 200)]:  # D > k + 8 (the refined path), and fewer samples than dimensions
+        x = torch.randn(m, 12, generator=g) @ torch.randn(12, d, generator=g) + 0.2 * torch.randn(m, d, generator=g)
+        fit = fit_pca(x, 3)
+        comps, std = _full_svd_pca(x, 3)
+        torch.testing.assert_close(fit.components, comps, rtol=0, atol=1e-6)
+        torch.testing.assert_close(fit.std, std, rtol=1e-9, atol=0)
+    feats, _ = _object_features(12, 14, 48)
+    ((rgb, _),) = pca_colors([feats], mask=False)
+    flat = feats.reshape(-1, 48).double()
+    comps, std = _full_svd_pca(flat)
+    want = torch.sigmoid(2 * ((flat - flat.mean(0)) @ comps.T / std)).float().reshape(12, 14, 3)
+    torch.testing.assert_close(rgb, want, rtol=0, atol=1e-5)
+
+
+def test_compose_picture_equal_widths_captions_and_banner() -> None:
+    from dinov3_integration.pca import CAPTION_HEIGHT as C
+    from dinov3_integration.pca import compose_picture, missing_input_panel
+
+    feats, _ = _object_features()
+    ((rgb, _),) = pca_colors([feats], mask=False)
+    wide = render_row(missing_input_panel((32, 40)), rgb, (32, 40))  # 80 x 32
+    narrow = render_row(missing_input_panel((40, 20)), rgb, (40, 20))  # 40 x 40
+    picture = compose_picture([wide, narrow], ["a/very/long/path/to/wide.png", "narrow.png"], banner="RANDOM")
+    assert picture.size == (80, C + C + 32 + C + 80)  # the narrow row scaled 2x to the common width
+    arr = np.asarray(picture)
+    assert (arr[:C] == (190, 0, 0)).all(-1).mean() > 0.5  # the banner
+    assert (arr[2 * C + 32 + C :, :80] != 255).any(-1).all()  # no white margin beside the scaled row
+    assert (np.asarray(missing_input_panel((4, 5))) == 200).all()
+    assert compose_picture([wide]).size == wide.size

@@ -11,8 +11,8 @@ Recipe (as in the notebook), with one substitution:
 4. colours ``sigmoid(2 * projection)``, background set to black;
 5. the ``h x w`` colour grid upsampled (nearest) to the input size and drawn beside the input.
 
-Everything is plain ``torch`` (SVD); no scikit-learn. Component signs follow scikit-learn's convention (the largest
-loading of each component is positive) so pictures are reproducible.
+Everything is plain ``torch``; no scikit-learn. :func:`fit_pca` says how the components are solved for and the sign
+rule (scikit-learn's: the largest loading of each component is positive) that makes pictures reproducible.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .utils.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -41,27 +43,46 @@ class PCAFit:
         return y / self.std.clamp_min(1e-12) if whiten else y
 
 
+_OVERSAMPLE = 8  # extra directions kept from the float32 eigendecomposition for the float64 refinement
+
+
 def fit_pca(x: Tensor, k: int = 3) -> PCAFit:
-    """Fit a ``k``-component PCA on ``x`` ``[M, D]`` (computed in float64 for stability).
+    """Fit a ``k``-component PCA on ``x`` ``[M, D]``; the components are those of a float64 SVD.
+
+    Solver (``M x D^2`` work instead of a full SVD's ``M x D x min(M, D)`` in float64): the ``D x D`` covariance in
+    float32, its eigenvectors, then two float64 subspace iterations and a Rayleigh-Ritz step on the top ``k + 8`` of them
+    (exact when ``D <= k + 8``; otherwise the float32 error shrinks with the spectral gap). Signs: the largest
+    ``|loading|`` of each component is positive (scikit-learn's ``svd_flip``), so pictures are reproducible.
 
     Raises:
-        ValueError: fewer than 2 samples.
+        ValueError: not ``[M, D]`` or fewer than 2 samples.
     """
     if x.ndim != 2:
         raise ValueError(f"expected features [M, D], got shape {tuple(x.shape)}")
     if x.shape[0] < 2:
         raise ValueError(f"PCA needs at least 2 samples, got {x.shape[0]}")
-    x = x.detach().to("cpu", torch.float64)
-    mean = x.mean(0)
-    xc = x - mean
-    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
-    k_eff = min(k, vh.shape[0])
+    x64 = x.detach().to("cpu", torch.float64)
+    mean = x64.mean(0)
+    xc = x64 - mean
+    m, d = xc.shape
+    q = min(d, k + _OVERSAMPLE)
+    if q < d:
+        xc32 = xc.float()
+        _, vecs = torch.linalg.eigh(xc32.T @ xc32)  # ascending eigenvalues
+        basis = vecs[:, -q:].double()
+        for _ in range(2):  # subspace iterations in float64
+            basis, _ = torch.linalg.qr(xc.T @ (xc @ basis))
+    else:
+        basis = torch.eye(d, dtype=torch.float64)
+    _, s, wh = torch.linalg.svd(xc @ basis, full_matrices=False)  # [M, q]: the small SVD
+    vh = wh @ basis.T  # [q, D] right singular vectors of xc (in that subspace)
+    k_eff = min(k, m, d)
     comps = vh[:k_eff]
     # scikit-learn's svd_flip (u_based_decision=False): the largest |loading| of each component is positive.
     signs = torch.sign(comps.gather(1, comps.abs().argmax(1, keepdim=True))).squeeze(1)
     signs[signs == 0] = 1
     comps = comps * signs[:, None]
-    var = s[:k_eff] ** 2 / (x.shape[0] - 1)
+    var = s[:k_eff] ** 2 / (m - 1)
     if k_eff < k:  # degenerate input: pad with zero components so callers always get k columns
         comps = torch.cat([comps, comps.new_zeros(k - k_eff, comps.shape[1])])
         var = torch.cat([var, var.new_ones(k - k_eff)])
@@ -172,19 +193,76 @@ def compose_rows(rows: Sequence, background: tuple[int, int, int] = (255, 255, 2
     return canvas
 
 
+CAPTION_HEIGHT = 16  # pixels of the name strip above each row (and of the random-weights banner)
+RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: these colours are not DINOv3 features"
+
+
+def missing_input_panel(size: tuple[int, int]) -> Tensor:
+    """A grey uint8 ``[3, H, W]`` panel standing in for an input image that cannot be shown."""
+    return torch.full((3, *size), 200, dtype=torch.uint8)
+
+
+def caption_strip(
+    text: str,
+    width: int,
+    *,
+    height: int = CAPTION_HEIGHT,
+    color: tuple[int, int, int] = (0, 0, 0),
+    background: tuple[int, int, int] = (255, 255, 255),
+    keep_end: bool = True,
+):  # noqa: ANN201
+    """A ``width x height`` PIL strip with ``text`` on the left; too long a text loses its start (``keep_end``,
+    right for a path) or its end."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    strip = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default()
+    shown = text
+    if draw.textlength(shown, font=font) > width - 6:
+        while len(shown) > 1 and draw.textlength(shown + "...", font=font) > width - 6:
+            shown = shown[1:] if keep_end else shown[:-1]
+        shown = "..." + shown if keep_end else shown + "..."
+    try:
+        draw.text((3, max(0, (height - 12) // 2)), shown, fill=color, font=font)
+    except UnicodeEncodeError:  # Pillow's bitmap fallback font is latin-1 only
+        draw.text((3, max(0, (height - 12) // 2)), shown.encode("latin-1", "replace").decode("latin-1"), fill=color)
+    return strip
+
+
+def compose_picture(rows: Sequence, captions: Sequence[str] | None = None, *, banner: str | None = None):  # noqa: ANN201
+    """The ``dinov3 pca`` picture: rows of equal width, each under its caption, optionally under a red banner.
+
+    Every row is scaled (aspect kept; nearest when enlarging, so patches stay sharp) to the width of the widest
+    row, so the grid has no ragged edge. Height: ``[CAPTION_HEIGHT if banner] + sum(CAPTION_HEIGHT if captions +
+    row height)``.
+    """
+    from PIL import Image
+
+    if not rows:
+        raise ValueError("nothing to draw")
+    if captions is not None and len(captions) != len(rows):
+        raise ValueError(f"{len(captions)} captions for {len(rows)} rows")
+    width = max(r.width for r in rows)
+    parts = []
+    if banner is not None:
+        parts.append(caption_strip(banner, width, color=(255, 255, 255), background=(190, 0, 0), keep_end=False))
+    for i, row in enumerate(rows):
+        if row.width != width:
+            height = max(1, round(row.height * width / row.width))
+            row = row.resize((width, height), Image.NEAREST if width > row.width else Image.LANCZOS)
+        if captions is not None:
+            parts.append(caption_strip(captions[i], width))
+        parts.append(row)
+    return compose_rows(parts)
+
+
 def save_png(picture, path: str | os.PathLike[str]) -> None:  # noqa: ANN001
-    """Save a PIL image as PNG atomically (temporary file beside ``path``, then ``os.replace``)."""
-    import tempfile
+    """Save a PIL image as PNG atomically (:func:`~dinov3_integration.utils.atomic.atomic_path`: a temporary
+    beside ``path``, renamed when complete; the permissions a plain ``open`` gives)."""
     from pathlib import Path
 
     dst = Path(path)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            picture.save(fh, format="PNG")
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(dst) as tmp:
+        picture.save(tmp, format="PNG")

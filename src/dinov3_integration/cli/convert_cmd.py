@@ -19,7 +19,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("src", help="the checkpoint to read")
     p.add_argument("dst", help="the file (or, for --to hf, the folder) to write")
-    p.add_argument("--to", choices=["official", "hf", "safetensors", "timm"], default="safetensors")
+    p.add_argument(
+        "--to",
+        choices=["official", "hf", "safetensors", "timm"],
+        default="safetensors",
+        help="layout to write: 'official' (Meta's .pth keys), 'hf' (a transformers folder), 'safetensors' (official "
+        "keys in safetensors), 'timm'",
+    )
     p.add_argument("--model", default=None, help="registered model the weights belong to (checked strictly)")
     p.add_argument(
         "--rope-periods",

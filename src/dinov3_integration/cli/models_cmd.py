@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. '*vitl*'")
     p.add_argument("--pretrained", action="store_true", help="only models with released weights")
-    p.add_argument("--resolution", type=int, default=224, help="square side for the GFLOPs column (default 224)")
+    p.add_argument("--resolution", type=int, default=224, help="square side for the GFLOPs column")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     p.set_defaults(func=run)
     return p
@@ -24,8 +24,14 @@ def _params(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
+def format_gflops(flops: int) -> str:
+    """GFLOPs with one decimal, rounded once from the exact count (the README's table uses the same rule)."""
+    return f"{flops / 1e9:.1f}"
+
+
 def rows(pattern: str | None = None, *, pretrained: bool = False, resolution: int = 224) -> list[dict]:
-    """One dict per model: ``name``, ``params``, ``gflops``, ``patch_size``, ``weights``, ``description``."""
+    """One dict per model: ``name``, ``params``, ``flops`` (exact), ``gflops`` (2 decimals), ``patch_size``,
+    ``weights``, ``description``."""
     from ..models import list_models, model_info
 
     out = []
@@ -35,6 +41,7 @@ def rows(pattern: str | None = None, *, pretrained: bool = False, resolution: in
             {
                 "name": info.name,
                 "params": info.params,
+                "flops": info.flops,
                 "gflops": round(info.flops / 1e9, 2),
                 "resolution": resolution,
                 "patch_size": info.patch_size,
@@ -51,7 +58,13 @@ def format_table(table: list[dict], resolution: int) -> str:
     """Fixed-width text table of :func:`rows`."""
     header = ["name", "params", f"GFLOPs@{resolution}", "patch", "weights"]
     lines = [
-        [r["name"], _params(r["params"]), f"{r['gflops']:.1f}", str(r["patch_size"]), ", ".join(r["weights"]) or "-"]
+        [
+            r["name"],
+            _params(r["params"]),
+            format_gflops(r["flops"]),
+            str(r["patch_size"]),
+            ", ".join(r["weights"]) or "-",
+        ]
         for r in table
     ]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]

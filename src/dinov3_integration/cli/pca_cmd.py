@@ -1,15 +1,19 @@
-"""``dinov3 pca``: the reference PCA picture of dense features, for one image or a grid of several.
+"""dinov3 pca: the reference PCA picture of dense features, for one image or a grid of several.
 
-Each row shows the input (resized to the model input size ``H x W``) and, beside it, the 3-component PCA of the
-chosen block's normed patch features as colours, upsampled to ``H x W``: one image gives a ``2W x H`` PNG; several
-give rows stacked top to bottom (the canvas is as wide as the widest row). See :mod:`dinov3_integration.pca`.
-``--from-features`` draws files written by ``dinov3 extract`` instead of running a model.
+Each row shows the input (resized to the model input size H x W) and, beside it, the 3-component PCA of the chosen
+block's normed patch features as colours, upsampled to H x W. Every row is scaled to the width of the widest one
+and has the input's name above it; a picture made with random weights carries a red banner saying so.
+--from-features draws files written by `dinov3 extract` instead of running a model (a video's frames are decoded
+again to be shown beside their colours). An input that cannot be read is skipped and reported: the picture shows
+the others and the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+from dataclasses import dataclass
 from typing import Any
 
 from .._logging import get_logger
@@ -33,13 +37,22 @@ EPILOG = """examples:
 """
 
 
+@dataclass
+class Row:
+    """One picture row: ``image`` uint8 ``[3, H, W]`` (None: not available), ``features`` ``[h, w, D]``."""
+
+    image: Any
+    features: Any
+    size: tuple[int, int]
+    caption: str
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "pca",
         help="PCA picture of dense features (input beside its feature colours)",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=__doc__,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="images, folders of images or .txt lists")
     p.add_argument("--out", "-o", required=True, help="output PNG")
@@ -51,10 +64,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="safetensors files written by `dinov3 extract` (no model is run)",
     )
     add_model_args(p, resolution="768")
-    p.add_argument("--layer", type=int, default=-1, help="block to visualise (default -1 = last)")
     p.add_argument(
-        "--mask", action=argparse.BooleanOptionalAction, default=True, help="black out the background (default on)"
+        "--layer",
+        type=int,
+        default=None,
+        help="block to visualise, negative from the end (default: the last block; with --from-features the "
+        "deepest block in the file)",
     )
+    p.add_argument("--mask", action=argparse.BooleanOptionalAction, default=True, help="black out the background")
     p.add_argument(
         "--joint", action="store_true", help="one PCA over all images, so colours are comparable across them"
     )
@@ -66,8 +83,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _compute_rows(args: argparse.Namespace) -> list[tuple[Any, Any, tuple[int, int], str]]:
-    """Run the model: ``(input uint8 [3, H, W], features [h, w, D], (H, W), name)`` per image."""
+def _compute_rows(args: argparse.Namespace, failures: list[tuple[str, str]]) -> tuple[list[Row], bool]:
+    """Run the model on each image: ``(rows, random_weights)``; unreadable images go to ``failures``."""
     import torch
 
     from ..data.inputs import InputError, discover_inputs
@@ -79,6 +96,7 @@ def _compute_rows(args: argparse.Namespace) -> list[tuple[Any, Any, tuple[int, i
         resize_uint8,
         target_size,
     )
+    from ..utils.indices import resolve_index
 
     try:
         items = discover_inputs(args.inputs)
@@ -93,9 +111,10 @@ def _compute_rows(args: argparse.Namespace) -> list[tuple[Any, Any, tuple[int, i
     device = resolve_device(args.device, dist_env())
     loaded = build_model(args, device)
     model = loaded.model
-    layer = args.layer + model.n_blocks if args.layer < 0 else args.layer
-    if not 0 <= layer < model.n_blocks:
-        raise CLIError(f"--layer {args.layer} is out of range for a model with {model.n_blocks} blocks")
+    try:
+        layer = resolve_index(-1 if args.layer is None else args.layer, model.n_blocks, "--layer")
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
     norm = choose_normalization(args.normalization, loaded.weights_tag)
     dtype = compute_dtype(args.dtype)
     p = model.patch_size
@@ -103,71 +122,136 @@ def _compute_rows(args: argparse.Namespace) -> list[tuple[Any, Any, tuple[int, i
     for item in items:
         try:
             image = load_image(item.path)
-        except Exception as exc:
-            raise CLIError(f"cannot read {item.path}: {exc}") from exc
-        size = target_size(image.shape[-2], image.shape[-1], resolution, p)
+            size = target_size(image.shape[-2], image.shape[-1], resolution, p)
+        except Exception as exc:  # unreadable, truncated, too small: skip it, report it, draw the others
+            failures.append((item.path, f"cannot read the image ({exc})"))
+            log.error("skipped %s: cannot read the image (%s)", item.path, exc)
+            continue
         pixels = resize_uint8(image, size, args.interpolation)
         with torch.inference_mode(), autocast(device, dtype):
             x = normalize(pixels.to(device), norm)[None]
             (patches,) = model.get_intermediate_layers(x, n=[layer], norm=True)
         feats = patches[0].float().reshape(size[0] // p, size[1] // p, -1).cpu()
-        rows.append((pixels, feats, size, item.path))
-    return rows
+        rows.append(Row(pixels, feats, size, item.path))
+    return rows, loaded.weights.startswith("random")
 
 
-def _rows_from_features(files: list[str], layer_arg: int) -> list[tuple[Any, Any, tuple[int, int], str]]:
-    """Read ``dinov3 extract`` outputs: one row per image, or per frame of a video / clip."""
+def _file_depth(meta: dict[str, Any]) -> int | None:
+    """The model's number of blocks: the ``depth`` metadata, else (older files) from the model name and overrides."""
+    if meta.get("depth") is not None:
+        return int(meta["depth"])
+    try:
+        from ..models import get_model_spec
+
+        kwargs = meta.get("model_kwargs") or {}
+        return int(kwargs.get("depth", get_model_spec(str(meta["model"])).kwargs()["depth"]))
+    except Exception:  # an unknown model: the depth stays unknown
+        return None
+
+
+def _choose_layer(file: str, layers: list[int], layer_arg: int | None, depth: int | None) -> int:
+    """The stored block to draw: ``--layer`` resolved against the model's depth, or the deepest in the file."""
+    from ..utils.indices import resolve_index
+
+    if layer_arg is None:
+        return layers[-1]
+    if layer_arg < 0 and depth is None:
+        raise CLIError(f"--layer {layer_arg}: {file} does not record the model's depth; pass a block number ({layers})")
+    try:
+        layer = resolve_index(layer_arg, depth, "--layer") if depth is not None else layer_arg
+    except ValueError as exc:
+        raise CLIError(f"{exc} ({file})") from exc
+    if layer not in layers:
+        shown = f" (block {layer} of {depth})" if layer_arg < 0 else ""
+        raise CLIError(f"--layer {layer_arg}{shown} is not in {file}: it holds blocks {layers}")
+    return layer
+
+
+def _video_frames(src: str, meta: dict[str, Any], wanted: list[int], size: tuple[int, int], interp: str) -> list:
+    """The frames of ``src`` at ``wanted`` indices, resized to ``size`` (None where a frame cannot be decoded)."""
+    from ..data.preprocess import array_to_uint8, resize_uint8
+    from ..data.video import read_frames
+
+    sampling = meta.get("sampling") or {}
+    sampled = read_frames(src, frames=sampling.get("frames"), fps=sampling.get("fps"))
+    by_index = {int(i): k for k, i in enumerate(sampled.indices)}
+    out = []
+    for i in wanted:
+        k = by_index.get(int(i))
+        out.append(None if k is None else resize_uint8(array_to_uint8(sampled.frames[k]), size, interp))
+    return out
+
+
+def _frame_images(file: str, meta: dict[str, Any], tensors: dict[str, Any], n: int, size: tuple[int, int]):  # noqa: ANN202
+    """``(images, captions)`` for the ``n`` frames of a feature file (images None where the source is missing)."""
     from ..data.preprocess import load_image, resize_uint8
+
+    interp = (meta.get("preprocessing") or {}).get("interpolation", "bilinear")
+    kind, src = meta.get("kind"), str(meta.get("source") or "")
+    name = os.path.basename(src) or os.path.basename(file)
+    if kind == "video":
+        indices = [int(i) for i in tensors["frame_indices"].tolist()] if "frame_indices" in tensors else list(range(n))
+        captions = [f"{name} frame {i}" for i in indices]
+        try:
+            return _video_frames(src, meta, indices, size, interp), captions
+        except Exception as exc:  # the picture is still useful without the frames
+            log.warning("cannot decode %s (%s): drawing the colours only", src, exc)
+            return [None] * n, captions
+    paths: list[str | None] = [src] if kind == "image" else [None] * n
+    if kind == "clip":
+        paths = [os.path.join(src, f) for f in meta.get("frame_names", [])] or paths
+    images, captions = [], []
+    for t in range(n):
+        path = paths[t] if t < len(paths) else None
+        captions.append(path or (f"{file}[{t}]" if n > 1 else file))
+        image = None
+        if path and os.path.isfile(path):
+            try:
+                image = resize_uint8(load_image(path), size, interp)
+            except Exception as exc:
+                log.warning("cannot read %s (%s): drawing the colours only", path, exc)
+        images.append(image)
+    return images, captions
+
+
+def _rows_from_features(
+    files: list[str], layer_arg: int | None, failures: list[tuple[str, str]]
+) -> tuple[list[Row], bool]:
+    """Read ``dinov3 extract`` outputs: one row per image, or per frame of a video / clip."""
     from .extract import read_features
 
-    rows = []
+    rows: list[Row] = []
+    random_weights = False
     for file in files:
         if not os.path.isfile(file):
             raise CLIError(f"--from-features {file!r} does not exist")
         try:
             tensors, meta = read_features(file)
         except Exception as exc:
-            raise CLIError(f"--from-features {file}: not a readable safetensors file ({exc})") from exc
+            failures.append((file, f"not a readable feature file ({exc})"))
+            log.error("skipped %s: not a readable feature file (%s)", file, exc)
+            continue
         layers = sorted(int(k.split(".", 1)[1]) for k in tensors if k.startswith("patch."))
         if not layers:
             raise CLIError(
                 f"--from-features {file}: no patch features in it (keys {sorted(tensors)[:6]}); "
                 "extract with --save patch"
             )
-        if layer_arg == -1:
-            layer = layers[-1]
-        elif layer_arg in layers:
-            layer = layer_arg
-        else:
-            raise CLIError(f"--layer {layer_arg} is not in {file} (it holds layers {layers})")
+        layer = _choose_layer(file, layers, layer_arg, _file_depth(meta))
+        random_weights |= str(meta.get("weights", "")).startswith("random")
         patch = tensors[f"patch.{layer}"].float()
         p = int(meta.get("patch_size", 16))
         frames = patch[None] if patch.ndim == 3 else patch  # [T, h, w, D]
         h, w = frames.shape[1:3]
         size = (h * p, w * p)
-        sources: list[str | None] = [None] * frames.shape[0]
-        kind = meta.get("kind")
-        if kind == "image":
-            sources = [meta.get("source")]
-        elif kind == "clip":
-            folder = meta.get("source", "")
-            sources = [os.path.join(folder, n) for n in meta.get("frame_names", [])] or sources
-        interpolation = (meta.get("preprocessing") or {}).get("interpolation", "bilinear")
-        for t in range(frames.shape[0]):
-            src = sources[t] if t < len(sources) else None
-            image = None
-            if src and os.path.isfile(src):
-                try:
-                    image = resize_uint8(load_image(src), size, interpolation)
-                except Exception as exc:  # the picture is still useful without the input panel
-                    log.warning("cannot read %s (%s): drawing the PCA only", src, exc)
-            rows.append((image, frames[t], size, f"{file}[{t}]" if frames.shape[0] > 1 else file))
-    return rows
+        images, captions = _frame_images(file, meta, tensors, frames.shape[0], size)
+        rows += [Row(images[t], frames[t], size, captions[t]) for t in range(frames.shape[0])]
+    return rows, random_weights
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dinov3 pca``."""
-    from ..pca import compose_rows, pca_colors, render_row, save_png
+    from ..pca import RANDOM_WEIGHTS_NOTE, compose_picture, missing_input_panel, pca_colors, render_row, save_png
 
     setup_logging(verbose=getattr(args, "verbose", 0), quiet=args.quiet)
     if args.from_features and args.inputs:
@@ -176,12 +260,34 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("nothing to draw: pass image paths or --from-features FILE")
     if not args.out.lower().endswith(".png"):
         raise CLIError(f"--out {args.out!r} must be a .png file")
-    rows = _rows_from_features(args.from_features, args.layer) if args.from_features else _compute_rows(args)
-    colors = pca_colors([r[1] for r in rows], mask=args.mask, joint=args.joint)
-    pictures = [render_row(image, rgb, size, args.upsample) for (image, _, size, _), (rgb, _) in zip(rows, colors)]
-    picture = compose_rows(pictures)
-    save_png(picture, args.out)
-    log.info(
-        "pca: wrote %s (%dx%d, %d row%s)", args.out, picture.width, picture.height, len(rows), "s" * (len(rows) > 1)
-    )
+    failures: list[tuple[str, str]] = []
+    if args.from_features:
+        rows, random_weights = _rows_from_features(args.from_features, args.layer, failures)
+    else:
+        rows, random_weights = _compute_rows(args, failures)
+    if rows:
+        colors = pca_colors([r.features for r in rows], mask=args.mask, joint=args.joint)
+        pictures = [
+            render_row(r.image if r.image is not None else missing_input_panel(r.size), rgb, r.size, args.upsample)
+            for r, (rgb, _) in zip(rows, colors)
+        ]
+        banner = RANDOM_WEIGHTS_NOTE if random_weights else None
+        picture = compose_picture(pictures, [r.caption for r in rows], banner=banner)
+        save_png(picture, args.out)
+        log.info(
+            "pca: wrote %s (%dx%d, %d row%s)%s",
+            args.out,
+            picture.width,
+            picture.height,
+            len(rows),
+            "s" * (len(rows) > 1),
+            ", made with RANDOM weights" if random_weights else "",
+        )
+    if failures:
+        print(f"dinov3 pca: {len(failures)} input(s) failed and are not in the picture:", file=sys.stderr)
+        for name, error in failures:
+            print(f"  {name}: {error}", file=sys.stderr)
+        if not rows:
+            print("dinov3 pca: nothing left to draw; no picture written", file=sys.stderr)
+        return 1
     return 0
