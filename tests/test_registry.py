@@ -1,4 +1,4 @@
-"""Registry: names, aliases, parameter counts (docs/dinov3_spec.md section 1.1), FLOPs, meta-device builds."""
+"""Registry: names, aliases, parameter counts (the table of Meta's dinov3/hub/backbones.py), FLOPs, meta-device builds."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_unknown_override_is_rejected() -> None:
 
 
 def test_flops_formula() -> None:
-    """docs/peers.md section 4.3: ViT-S/16 at 224 is ~9.4 GFLOP, and the formula is 2 x MACs of the matmuls."""
+    """ViT-S/16 at 224 is ~9.4 GFLOP, and the formula is 2 x MACs of the matmuls."""
     assert model_info("dinov3_vits16").gflops == pytest.approx(9.4, abs=0.05)
     assert model_info("dinov3_vitb16", 512).gflops == pytest.approx(215.0, rel=0.01)
     assert model_info("dinov3_vit7b16").gflops == pytest.approx(2725, rel=0.01)

@@ -177,7 +177,7 @@ def test_rope_tables_follow_periods(tiny) -> None:
 
 
 def test_rope_coordinates_and_layout() -> None:
-    """docs/dinov3_spec.md appendix A: for H=2, W=3 rows are [-0.5, 0.5] and columns [-2/3, 0, 2/3]."""
+    """Reference coordinates: for H=2, W=3 rows are [-0.5, 0.5] and columns [-2/3, 0, 2/3]."""
     model = create_model("dinov3_vits16", depth=1, embed_dim=64, num_heads=4)
     coords = model.rope_embed._coords(2, 3)
     torch.testing.assert_close(coords[:, 0], torch.tensor([-0.5, -0.5, -0.5, 0.5, 0.5, 0.5]))

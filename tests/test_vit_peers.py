@@ -109,7 +109,7 @@ def test_unknown_layout_is_rejected() -> None:
 
 
 def test_rope_periods_values() -> None:
-    """docs/dinov3_spec.md appendix A."""
+    """Reference periods: 100 ** (j / 16), exact float32 and rounded to bfloat16 (as stored in checkpoints)."""
     ref = torch.tensor(
         [
             1.0,

@@ -27,8 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from ..models import get_model_spec
-from ..models.registry import WEIGHT_TAGS
+from ..models import WEIGHT_TAGS, get_model_spec
 from ..utils.indices import resolve_index
 
 AA_TYPES = ("frame", "global")

@@ -1,4 +1,4 @@
-"""Preprocessing, as the reference DINOv3 README transform (docs/dinov3_spec.md section 4).
+"""Preprocessing, as the transform in the reference DINOv3 README.
 
 The README transform is ``v2.ToImage() -> v2.Resize(size, antialias=True) -> v2.ToDtype(float32, scale=True) ->
 v2.Normalize(mean, std)``: the resize runs **on the uint8 image** with torchvision's default *bilinear*

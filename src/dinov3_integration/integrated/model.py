@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from .._logging import get_logger
 from ..config.loader import load_config
 from ..config.schema import DINOv3Config, Origins, ResolvedArchitecture, config_from_dict, validate_config
-from ..models import DinoVisionTransformer, create_model
+from ..factory import create_model
+from ..models import DinoVisionTransformer
 from ..utils.indices import resolve_layer_indices
 from ..utils.normalization import normalize
 from ..vggt_compat import Aggregator
