@@ -320,3 +320,38 @@ def test_list_input_needs_list_masks(tiny) -> None:
     a, b = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
     with pytest.raises(TypeError, match="pass masks as a list too"):
         tiny.forward_features([a, b], masks=torch.zeros(2, 4, dtype=torch.bool))
+
+
+def test_compute_attention_takes_qkv_as_the_reference(tiny) -> None:
+    """issue 19 item 6: ``attn.compute_attention(qkv, attn_bias=None, rope=None)`` with the pre-projected qkv."""
+    attn = tiny.blocks[0].attn
+    x = torch.randn(2, 5 + 6, 64)
+    rope = tiny.rope_embed(H=2, W=3)
+    with torch.no_grad():
+        qkv = attn.qkv(x)
+        out = attn.compute_attention(qkv, rope=rope)
+        positional = attn.compute_attention(qkv, None, rope)
+        full = attn(x, rope=rope)
+        # the same computation written out: heads, RoPE on the patch rows only, SDPA
+        q, k, v = qkv.reshape(2, 11, 3, 4, 16).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        sin, cos = rope
+
+        def rot(t: torch.Tensor) -> torch.Tensor:
+            t1, t2 = t.chunk(2, dim=-1)
+            return t * cos + torch.cat((-t2, t1), dim=-1) * sin
+
+        q = torch.cat((q[:, :, :5], rot(q[:, :, 5:])), dim=2)
+        k = torch.cat((k[:, :, :5], rot(k[:, :, 5:])), dim=2)
+        manual = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 11, 64)
+    assert out.shape == (2, 11, 64)
+    torch.testing.assert_close(out, manual, atol=1e-6, rtol=0)
+    assert torch.equal(positional, out)
+    torch.testing.assert_close(attn.proj(out), full, atol=1e-6, rtol=0)
+    with pytest.warns(DeprecationWarning, match=r"compute_attention\(attn.qkv\(x\)"), torch.no_grad():
+        legacy = attn.compute_attention(x, rope)  # the earlier (x, rope) form
+    assert torch.equal(legacy, out)
+    with pytest.raises(ValueError, match=r"expects qkv \[B, N, 192\]"):
+        attn.compute_attention(torch.randn(2, 11, 100))
+    with pytest.raises(NotImplementedError, match="attn_bias=None"):
+        attn.compute_attention(qkv, torch.zeros(1))

@@ -7,7 +7,7 @@ signature). Positional rotation is passed per call:
   last ``N_patch`` tokens only, leaving the prefix (CLS + storage tokens) untouched;
 - a callable ``rope(q, k) -> (q, k)`` (VGGT's 2D RoPE with explicit positions).
 
-``forward`` runs the reference code (:meth:`SelfAttention.compute_attention`, then ``proj``) unless
+``forward`` runs the reference code (``qkv``, :meth:`SelfAttention.compute_attention`, then ``proj``) unless
 :func:`~dinov3_integration.layers.fastpath.decide` allows the eager inference fast path
 (:meth:`SelfAttention._forward_fast`): with ``(sin, cos)`` tables, q and k are rotated *in place* in the freshly
 computed ``qkv`` buffer (:func:`~dinov3_integration.layers.rope.rope_apply_`), so no prefix/patch concatenation, no
@@ -18,6 +18,7 @@ directly and whose ``[B, N, h, d]`` output layout makes the final reshape free. 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -134,10 +135,32 @@ class SelfAttention(nn.Module):
         rope_apply_(q[:, :, prefix:, :], sin, cos)
         rope_apply_(k[:, :, prefix:, :], sin, cos)
 
-    def compute_attention(self, x: Tensor, rope: RopeArg = None) -> Tensor:
-        """Attention without the output projection: ``[B, N, D] -> [B, N, D]`` (the reference computation)."""
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # [B, N, 3, h, d]
+    def compute_attention(self, qkv: Tensor, attn_bias: None = None, rope: RopeArg = None) -> Tensor:
+        """Attention between the two projections, as the reference: ``qkv`` ``[B, N, 3D]`` -> ``[B, N, D]``.
+
+        ``qkv`` is the output of ``self.qkv`` (the reference's signature; ``proj`` is not applied). The earlier
+        form ``compute_attention(x, rope)`` with the block input ``x`` ``[B, N, D]`` still works (deprecated; told
+        apart by the last dimension, ``D`` vs ``3D``): ``x`` is projected by ``self.qkv`` first.
+        """
+        C = self.qkv.in_features
+        if qkv.shape[-1] == C:  # the earlier compute_attention(x, rope=None): x not yet projected
+            warnings.warn(
+                "compute_attention(x) with the [B, N, D] input is deprecated: pass the projection, "
+                "compute_attention(attn.qkv(x), rope=rope), as Meta's reference does",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if attn_bias is not None and rope is None:  # the earlier second positional argument was rope
+                attn_bias, rope = None, attn_bias
+            qkv = self.qkv(qkv)
+        if attn_bias is not None:
+            raise NotImplementedError("attention biases/masks are not supported; pass attn_bias=None")
+        if qkv.ndim != 3 or qkv.shape[-1] != 3 * C:
+            raise ValueError(
+                f"compute_attention expects qkv [B, N, {3 * C}] (the output of attn.qkv), got {tuple(qkv.shape)}"
+            )
+        B, N, _ = qkv.shape
+        qkv = qkv.reshape(B, N, 3, self.num_heads, self.head_dim)  # [B, N, 3, h, d]
         q, k, v = (t.transpose(1, 2) for t in torch.unbind(qkv, 2))  # each [B, h, N, d]
         q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.apply_rope(q, k, rope)
@@ -160,7 +183,7 @@ class SelfAttention(nn.Module):
         plan = fastpath.decide(self)
         if plan.fast and self._fast_forward_applies():
             return self._forward_fast(x, rope, plan)
-        x = self.compute_attention(x, rope=rope)
+        x = self.compute_attention(self.qkv(x), rope=rope)
         x = self.proj(x)
         return self.proj_drop(x)
 
