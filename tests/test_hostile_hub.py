@@ -544,3 +544,24 @@ def test_deprecated_temp_helpers_still_work(tmp_path: Path) -> None:
     tmp.write_bytes(b"data")
     commit_file(tmp, tmp_path / "out.bin")
     assert files_under(tmp_path) == ["out.bin"] and (tmp_path / "out.bin").read_bytes() == b"data"
+
+
+def test_create_model_from_a_signed_link_logs_no_secret(
+    server: LocalHTTPServer, cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The user's call, end to end: create_model(weights=<signed link>) on a tiny model, every DEBUG record read."""
+    import torch
+
+    from dinov3_integration import create_model
+    from dinov3_integration.hub.checkpoint_io import save_state_dict_file
+
+    tiny = dict(depth=1, embed_dim=64, num_heads=2)
+    reference = create_model("dinov3_vits16", pretrained=False, **tiny)
+    file = save_state_dict_file(reference.state_dict(), tmp_path / "tiny.safetensors")
+    url = server.add("/w/tiny.safetensors", body=file.read_bytes()) + SIGNED
+    caplog.set_level(logging.DEBUG)
+    model = create_model("dinov3_vits16", weights=url, **tiny)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    assert not _leaks(model.weights_source) and "127.0.0.1" in model.weights_source
+    assert any("create_model" in r.getMessage() for r in caplog.records)  # the factory's line was read too
+    assert not [r.getMessage() for r in caplog.records if _leaks(r.getMessage())]

@@ -32,6 +32,7 @@ from .hub.resolved import ResolvedWeights
 from .hub.sources import resolve_weights
 from .models.specs import SAT_TAG, WEIGHT_TAGS, ModelSpec, get_model_spec, tag_in_name
 from .models.vision_transformer import DinoVisionTransformer
+from .utils.redact import redact_text
 
 log = get_logger("models")
 
@@ -119,7 +120,8 @@ def create_model(
     if resolved is not None and arch_tag is None and _satellite_layout(spec, resolved):
         arch_tag = SAT_TAG
     kw = {**spec.kwargs(arch_tag), **overrides}
-    log.debug("create_model(%r): weights=%r load=%s arguments=%s", spec.name, weights, load, kw)
+    shown = redact_text(repr(weights))  # a signed link's query never reaches a log line
+    log.debug("create_model(%r): weights=%s load=%s arguments=%s", spec.name, shown, load, kw)
     if resolved is None:
         model = DinoVisionTransformer(**kw, device=device)
     else:
