@@ -236,6 +236,7 @@ def test_aggregate_clips(dataset: Path, tmp_path: Path) -> None:
     proc = dinov3(
         "extract", str(frames), str(dataset / "imgs/clip.mp4"), "--out", str(out), *TINY, "--resolution", "32",
         "--aggregate", "--aggregator-kwargs", "depth=2", "--layers", "0,1", "--frames", "4", "--num-workers", "0",
+        "--random-aggregator",  # no --aggregator-weights: random on purpose (issue 13 item 3)
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     records = {r["kind"]: r for r in manifest(out)}

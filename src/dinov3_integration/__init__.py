@@ -5,6 +5,7 @@ Main entry points (imported on first use, so ``import dinov3_integration`` is ch
 - :func:`create_model`, :func:`list_models`, :func:`model_info`, :class:`DinoVisionTransformer` (the ViT);
 - :class:`Aggregator` (VGGT's multi-frame aggregator, any DINOv3 patch embedding);
 - :class:`DINOv3IntegratedModel`, :func:`load_config`, :func:`build_model` (single/multi-frame model from YAML);
+- :func:`read_features` (a ``dinov3 extract`` output file: tensors and metadata);
 - :mod:`dinov3_integration.hub` (weights), :mod:`dinov3_integration.vggt_compat` (VGGT's layer names).
 """
 
@@ -28,6 +29,7 @@ _EXPORTS = {
     "ConfigError": "config",
     "DINOv3Config": "config",
     "list_variants": "config",
+    "read_features": "features",
 }
 
 __all__ = ["__version__", *_EXPORTS]

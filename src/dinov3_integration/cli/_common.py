@@ -8,8 +8,8 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._logging import get_logger
+from ..utils import atomic as _atomic
 
 log = get_logger("cli")
 
@@ -83,8 +84,29 @@ def library_version() -> str:
             return "unknown"
 
 
+# --------------------------------------------------------------------------------------------------- argument parsing
+# A value made of comma-separated integers, negatives included ("-4,-1"), is a value, not an option.
+_NEGATIVE_LIST = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d+(\s*,\s*-?\d+)+$")
+
+
+def accept_negative_lists(parser: argparse.ArgumentParser) -> None:
+    """Let ``parser`` take ``--layers -4,-1`` as written (argparse alone reads ``-4,-1`` as an unknown option).
+
+    argparse treats an argument that starts with ``-`` as a value only when it looks like a negative number; this
+    widens "negative number" to comma lists of integers (``parser`` must have no option that looks like one).
+    """
+    parser._negative_number_matcher = _NEGATIVE_LIST  # type: ignore[attr-defined]
+
+
+def add_verbose(parser: argparse.ArgumentParser | Any) -> None:
+    """``-v/--verbose`` on a sub-command too (``dinov3 extract ... -v``); absent, the top-level value stays."""
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="debug logging (also before the command)"
+    )
+
+
 # ------------------------------------------------------------------------------------------------- model options
-def parse_model_kwargs(values: list[str] | None) -> dict[str, Any]:
+def parse_model_kwargs(values: list[str] | None, *, option: str = "--model-kwargs") -> dict[str, Any]:
     """``["depth=2,embed_dim=64", "num_heads=4"]`` -> ``{"depth": 2, "embed_dim": 64, "num_heads": 4}``.
 
     Values are Python literals (numbers, True/False/None, quoted strings); anything else stays a string.
@@ -96,9 +118,7 @@ def parse_model_kwargs(values: list[str] | None) -> dict[str, Any]:
             if not part:
                 continue
             if "=" not in part:
-                raise CLIError(
-                    f"--model-kwargs {part!r} is not KEY=VALUE (example: --model-kwargs depth=2,embed_dim=64)"
-                )
+                raise CLIError(f"{option} {part!r} is not KEY=VALUE (example: {option} depth=2,embed_dim=64)")
             key, raw = part.split("=", 1)
             try:
                 out[key.strip()] = ast.literal_eval(raw.strip())
@@ -348,40 +368,10 @@ def init_distributed(ctx: DistContext, device: Any, timeout_s: float) -> DistCon
 
 
 # ---------------------------------------------------------------------------------------------------- file output
-@contextmanager
-def atomic_path(dst: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``dst``; on success it replaces ``dst`` atomically, on error it is removed."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_text(dst: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``dst`` atomically (temporary file in the same folder, then ``os.replace``)."""
-    with atomic_path(dst) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def remove_stale_temps(dst: str | os.PathLike[str]) -> None:
-    """Remove temporary files a killed run left beside ``dst`` (``.<name>.*.tmp``)."""
-    dst = Path(dst)
-    if not dst.parent.is_dir():
-        return
-    for stale in dst.parent.glob(f".{dst.name}.*.tmp"):
-        try:
-            stale.unlink()
-        except OSError:
-            pass
+# Atomic writes have one owner, dinov3_integration.utils.atomic; these names stay for the commands' old imports.
+atomic_path = _atomic.atomic_path
+atomic_write_text = _atomic.atomic_write_text
+remove_stale_temps = _atomic.remove_stale_temps
 
 
 def write_jsonl(dst: str | os.PathLike[str], records: list[Mapping[str, Any]]) -> None:

@@ -73,9 +73,30 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _walk(folder: Path, exclude: Sequence[Path]) -> Iterable[tuple[Path, list[str]]]:
-    """``(dirpath, sorted file names)`` for ``folder`` and every non-hidden, non-excluded subfolder."""
-    for dirpath, dirnames, filenames in os.walk(folder):
+@dataclass(frozen=True)
+class InputProblem:
+    """A path found while searching the inputs that could not be searched (e.g. a folder without read permission)."""
+
+    path: str
+    error: str
+
+
+def _walk(
+    folder: Path, exclude: Sequence[Path], problems: list[InputProblem] | None = None
+) -> Iterable[tuple[Path, list[str]]]:
+    """``(dirpath, sorted file names)`` for ``folder`` and every non-hidden, non-excluded subfolder.
+
+    Folders that cannot be listed are appended to ``problems`` (never skipped silently).
+    """
+
+    def onerror(exc: OSError) -> None:
+        where = exc.filename if exc.filename is not None else str(folder)
+        text = f"cannot search folder: {exc.strerror or exc}"
+        log.warning("%s: %s; its files are not extracted", where, text)
+        if problems is not None:
+            problems.append(InputProblem(str(where), text))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not _hidden(d) and not any(_same(here / d, ex) for ex in exclude))
         yield here, sorted(f for f in filenames if not _hidden(f))
@@ -103,6 +124,7 @@ class _Collector:
     clips: bool
     exclude: tuple[Path, ...]
     found: list[InputItem] = field(default_factory=list)
+    problems: list[InputProblem] = field(default_factory=list)
     seen_lists: set[Path] = field(default_factory=set)
 
     def add_path(self, raw: str | os.PathLike[str], *, from_list: Path | None = None) -> None:
@@ -132,7 +154,7 @@ class _Collector:
     def _add_folder(self, folder: Path) -> None:
         before = len(self.found)
         root = folder.parent  # keys keep the folder's own name: photos/a.jpg, photos/sub/b.jpg
-        for dirpath, names in _walk(folder, self.exclude):
+        for dirpath, names in _walk(folder, self.exclude, self.problems):
             frames = []
             for name in names:
                 file = dirpath / name
@@ -147,7 +169,7 @@ class _Collector:
             if frames:
                 key = _safe_key(dirpath, root)
                 self.found.append(InputItem(str(dirpath), "clip", key, tuple(frames)))
-        if len(self.found) == before:
+        if len(self.found) == before and not self.problems:
             exts = ", ".join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))
             raise InputError(f"folder {str(folder)!r} holds no images or videos (searched recursively for {exts})")
 
@@ -171,6 +193,7 @@ def discover_inputs(
     *,
     clips: bool = False,
     exclude: Sequence[str | os.PathLike[str]] = (),
+    problems: list[InputProblem] | None = None,
 ) -> list[InputItem]:
     """Expand command-line inputs into work items, sorted by path, duplicates removed, unique keys.
 
@@ -178,6 +201,7 @@ def discover_inputs(
         inputs: image / video / folder / list-file paths.
         clips: group folders of frames into clips (``--aggregate``); single images become one-frame clips.
         exclude: folders never searched (the output folder, when it lies inside an input folder).
+        problems: when given, folders that could not be searched are appended to it (they are also logged).
 
     Returns:
         The items sorted by ``path`` (the order that defines the torchrun shards).
@@ -190,6 +214,8 @@ def discover_inputs(
     collector = _Collector(clips=clips, exclude=tuple(Path(os.path.abspath(e)) for e in exclude))
     for raw in inputs:
         collector.add_path(raw)
+    if problems is not None:
+        problems.extend(collector.problems)
     unique: dict[str, InputItem] = {}
     for item in collector.found:
         unique.setdefault(item.path, item)

@@ -105,6 +105,7 @@ class InputDataset(torch.utils.data.Dataset):
                 "frame_indices": torch.from_numpy(sampled.indices),
                 "frame_times": torch.from_numpy(sampled.times),
                 "video_fps": sampled.info.fps,
+                "warning": sampled.warning,
             }
             return LoadedItem(index, torch.stack(outs).contiguous(), None, info)
         if item.kind == "clip":

@@ -49,12 +49,16 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class SampledFrames:
-    """Decoded frames: ``frames`` uint8 ``[T, h, w, 3]``, ``indices`` ``[T]`` int64, ``times`` ``[T]`` seconds."""
+    """Decoded frames: ``frames`` uint8 ``[T, h, w, 3]``, ``indices`` ``[T]`` int64, ``times`` ``[T]`` seconds.
+
+    ``warning`` says why fewer frames than asked for could be used (a stream corrupt in the middle), else None.
+    """
 
     frames: np.ndarray
     indices: np.ndarray
     times: np.ndarray
     info: VideoInfo
+    warning: str | None = None
 
 
 def _open(path: str | os.PathLike[str]):  # noqa: ANN202
@@ -111,8 +115,8 @@ def read_frames(path: str | os.PathLike[str], *, frames: int | None = None, fps:
     """
     if frames is not None and fps is not None:
         raise ValueError("give either frames or fps, not both")
-    if fps is not None and fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+    if fps is not None and not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive finite number, got {fps}")
     info = probe_video(path, count=frames is not None)
     wanted: set[int] | None = None
     if frames is not None:
@@ -121,6 +125,7 @@ def read_frames(path: str | os.PathLike[str], *, frames: int | None = None, fps:
     out: list[np.ndarray] = []
     indices: list[int] = []
     times: list[float] = []
+    warning: str | None = None
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -153,11 +158,15 @@ def read_frames(path: str | os.PathLike[str], *, frames: int | None = None, fps:
     except Exception as exc:  # corrupt streams raise av.error.* in the middle of decoding
         if not out:
             raise VideoError(f"cannot decode video: {exc}") from exc
-        log.warning("%s: decoding stopped early (%s); using the %d frames read", path, exc, len(out))
+        warning = f"decoding stopped early after frame {index} ({exc}); {len(out)} sampled frames used"
+        log.debug("%s: %s", path, warning)
     finally:
         container.close()
     if not out:
         raise VideoError("the video has no decodable frames")
     if wanted is not None and len(out) < len(wanted):
-        log.warning("%s: the container announced %d frames but only %d could be used", path, info.num_frames, index + 1)
-    return SampledFrames(np.stack(out), np.asarray(indices, dtype=np.int64), np.asarray(times, dtype=np.float64), info)
+        short = f"the container announced {info.num_frames} frames but only {index + 1} could be decoded"
+        warning = f"{warning}; {short}" if warning else short
+        log.debug("%s: %s", path, short)
+    arrays = np.asarray(indices, dtype=np.int64), np.asarray(times, dtype=np.float64)
+    return SampledFrames(np.stack(out), *arrays, info, warning)

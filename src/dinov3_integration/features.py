@@ -1,0 +1,147 @@
+"""The feature-file format written by ``dinov3 extract`` (and :func:`dinov3_integration.extract`), and its reader.
+
+One safetensors file per input. Tensors, for each saved block ``L``:
+
+- ``cls.L`` ``[D]``, ``patch.L`` ``[h, w, D]`` (row-major patch grid), ``storage.L`` ``[R, D]`` for an image;
+- the same with a leading frame axis ``[T, ...]`` for a video or a clip, plus ``frame_indices`` ``[T]`` (int64)
+  and ``frame_times`` ``[T]`` (float64, seconds) for a video;
+- ``aggregated.L`` ``[S, P, 2C]`` for each kept Aggregator layer ``L`` (``extract --aggregate``).
+
+Metadata values are strings (safetensors' rule); anything that is not a string is stored as JSON and decoded by
+:func:`read_features`. ``format`` is :data:`FORMAT`; ``data_digest`` is a SHA-256 over the tensors (names, dtypes,
+shapes, bytes) so a file whose data section was damaged behind an intact header is detected
+(:func:`verify_features`). Files are written atomically (:mod:`dinov3_integration.utils.atomic`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .utils.atomic import atomic_path, remove_stale_temps
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "FORMAT",
+    "FeatureFileError",
+    "encode_metadata",
+    "read_features",
+    "read_metadata",
+    "tensors_digest",
+    "verify_features",
+    "write_features",
+]
+
+FORMAT = "dinov3_integration.features/1"
+
+
+class FeatureFileError(ValueError):
+    """A feature file is unreadable, damaged, or not in :data:`FORMAT`."""
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """``"sha256:<hex>"`` over ``tensors`` sorted by name: each name, dtype, shape and raw bytes."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def encode_metadata(meta: Mapping[str, Any]) -> dict[str, str]:
+    """Strings stay as they are; every other value becomes JSON (what :func:`read_features` decodes)."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+
+
+def _decode(raw: Mapping[str, str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            meta[key] = json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            meta[key] = value
+    return meta
+
+
+def write_features(
+    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]
+) -> None:
+    """Write one feature file atomically: ``tensors`` plus ``metadata`` (encoded), ``format`` and ``data_digest``.
+
+    Temporaries a killed earlier writer left beside ``path`` are removed first (matched literally).
+    """
+    from safetensors.torch import save_file
+
+    contiguous = {k: v.contiguous() for k, v in tensors.items()}
+    meta = {"format": FORMAT, **dict(metadata), "data_digest": tensors_digest(contiguous)}
+    remove_stale_temps(path)
+    with atomic_path(path) as tmp:
+        save_file(contiguous, os.fspath(tmp), metadata=encode_metadata(meta))
+
+
+def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, str], set[str]]:
+    """The raw (undecoded) metadata and the tensor names of a feature file, without reading the tensors.
+
+    Raises:
+        FeatureFileError: the file is not a readable safetensors file.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as fh:
+            return dict(fh.metadata() or {}), set(fh.keys())
+    except Exception as exc:
+        raise FeatureFileError(f"{os.fspath(path)} is not a readable safetensors file: {exc}") from exc
+
+
+def verify_features(path: str | os.PathLike[str], expected_keys: Iterable[str] = ()) -> dict[str, str]:
+    """Check that ``path`` is a complete feature file; return its raw metadata.
+
+    Complete means: readable, ``format`` is :data:`FORMAT`, every name of ``expected_keys`` is present, and the
+    tensors hash to the stored ``data_digest`` (the whole data section is read).
+
+    Raises:
+        FeatureFileError: naming what is wrong.
+    """
+    from safetensors import safe_open
+
+    meta, keys = read_metadata(path)
+    if meta.get("format") != FORMAT:
+        raise FeatureFileError(f"{os.fspath(path)} is not a {FORMAT} file (format {meta.get('format')!r})")
+    missing = sorted(set(expected_keys) - keys)
+    if missing:
+        raise FeatureFileError(f"{os.fspath(path)} lacks the tensors {missing}")
+    stored = meta.get("data_digest")
+    if not stored:
+        raise FeatureFileError(f"{os.fspath(path)} has no data_digest (written by an older version)")
+    try:
+        with safe_open(os.fspath(path), framework="pt") as fh:
+            digest = tensors_digest({k: fh.get_tensor(k) for k in fh.keys()})
+    except Exception as exc:
+        raise FeatureFileError(f"{os.fspath(path)}: the data section is unreadable: {exc}") from exc
+    if digest != stored:
+        raise FeatureFileError(f"{os.fspath(path)}: the data section does not match its data_digest (damaged)")
+    return meta
+
+
+def read_features(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a feature file: ``(tensors, metadata)`` with the JSON metadata values decoded.
+
+    Example: ``tensors, meta = read_features("feats/photos/a.jpg.safetensors")``; ``tensors["patch.11"]`` is
+    ``[h, w, D]`` for an image, ``[T, h, w, D]`` for a video; ``meta["grid"] == [h, w]``.
+    """
+    from safetensors import safe_open
+
+    with safe_open(os.fspath(path), framework="pt") as fh:
+        raw = fh.metadata() or {}
+        tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+    return tensors, _decode(raw)
