@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"demo: wrote {pca_seq} (the 4 views with one shared PCA: same colour = same feature)")
 
     aggregated = out / "aggregated"
-    agg_args = ["--aggregator-kwargs", "depth=2", "--layers", "-1"]
+    agg_args = ["--aggregator-kwargs", "depth=2", "--layers", "-1", "--random-aggregator"]
     status |= _run(
         ["extract", str(sequence_dir), "--aggregate", *agg_args, "--out", str(aggregated), "--resolution",
          args.resolution, "--quiet", "--num-workers", "0", *model_args]
