@@ -98,13 +98,6 @@ def accept_negative_lists(parser: argparse.ArgumentParser) -> None:
     parser._negative_number_matcher = _NEGATIVE_LIST  # type: ignore[attr-defined]
 
 
-def add_verbose(parser: argparse.ArgumentParser | Any) -> None:
-    """``-v/--verbose`` on a sub-command too (``dinov3 extract ... -v``); absent, the top-level value stays."""
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="debug logging (also before the command)"
-    )
-
-
 # ------------------------------------------------------------------------------------------------- model options
 def parse_model_kwargs(values: list[str] | None, *, option: str = "--model-kwargs") -> dict[str, Any]:
     """``["depth=2,embed_dim=64", "num_heads=4"]`` -> ``{"depth": 2, "embed_dim": 64, "num_heads": 4}``.

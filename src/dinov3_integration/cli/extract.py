@@ -36,7 +36,6 @@ from ._common import (
     CLIError,
     accept_negative_lists,
     add_model_args,
-    add_verbose,
     dist_env,
     format_seconds,
     init_distributed,
@@ -124,7 +123,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--save-dtype",
         choices=SAVE_DTYPES,
         default="float32",
-        help="dtype of the saved tensors (default float32; numpy cannot read bfloat16: use float16 to halve the size)",
+        help="dtype of the saved tensors; numpy cannot read bfloat16: use float16 to halve the size",
     )
     v = p.add_argument_group("videos and clips")
     sampling = v.add_mutually_exclusive_group()
@@ -171,7 +170,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="replace outputs that hold another input's features (same output name; refused by default)",
     )
     r.add_argument("--quiet", "-q", action="store_true", help="no progress output (errors are still reported)")
-    add_verbose(r)
     r.add_argument(
         "--log-interval", type=float, default=30.0, help="seconds between progress lines when not on a terminal"
     )
