@@ -5,7 +5,9 @@ temporary folder as ``dinov3_baseline``; its ``layers`` and ``models.vision_tran
 built from this checkout's model spec with the same state dict (``qkv.bias_mask`` all zeros, the released layout),
 are checked to give the same patch tokens, and are timed in rounds that call each once, in an order rotated every
 round, under ``torch.inference_mode()``. ``speed`` is the median over rounds of *baseline time / its time* in the same
-round (paired: slow drifts of a shared machine's load cancel); > 1 means faster than the baseline.
+round (paired: slow drifts of a shared machine's load cancel); > 1 means faster than the baseline. On a machine other
+jobs load heavily, ``--cpu-time`` times the CPU seconds of this process (``time.process_time``: user + system, so
+page faults count) instead of the wall clock, which being descheduled does not inflate (use it with ``--threads 1``).
 
 Example (the previous commit as the baseline)::
 
@@ -21,6 +23,7 @@ import importlib
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,21 @@ def baseline_class(checkout: Path) -> type:
     return importlib.import_module("dinov3_baseline.models.vision_transformer").DinoVisionTransformer
 
 
+def cpu_times(fns: dict[str, Any], repeats: int, device: str, warmup: int = 1) -> dict[str, list[float]]:
+    """:func:`_common.interleaved_times` with ``time.process_time`` (CPU seconds of the process) per call."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names, times = list(fns), {n: [] for n in fns}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = time.process_time()
+            fns[name]()
+            times[name].append(time.process_time() - t0)
+    return times
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--baseline", type=Path, required=True, help="another checkout of this repository")
@@ -55,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--reference", action="store_true", help="also time this checkout with use_fast_paths=False")
+    p.add_argument("--cpu-time", action="store_true", help="CPU seconds of the process instead of wall-clock time")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for k, out in outs.items():
                 print(f"{name}: {k} patch tokens equal to the baseline's: {torch.equal(out, outs['baseline'])}")
             fns = {k: (lambda m=m, x=x: m(x)) for k, m in models.items()}
-            times = interleaved_times(fns, args.repeats, "cpu", warmup=args.warmup)
+            times = (cpu_times if args.cpu_time else interleaved_times)(fns, args.repeats, "cpu", warmup=args.warmup)
         for k, t in times.items():
             speed = median([b / s for b, s in zip(times["baseline"], t)])
             results[f"{name}/{k}"] = {"median_s": median(t), "min_s": min(t), "speed_vs_baseline": speed}

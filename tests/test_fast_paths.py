@@ -676,3 +676,12 @@ def test_layers_use_no_private_torch_c_api() -> None:
 
     for path in Path(layers_pkg.__file__).parent.glob("*.py"):
         assert "torch._C" not in path.read_text(), path.name
+
+
+def test_moved_workspace_helpers_keep_their_old_import_path() -> None:
+    from dinov3_integration.layers import fastpath, workspace
+    from dinov3_integration.layers.workspace import can_write_into, linear, linear_into
+
+    assert (linear, linear_into, can_write_into) == (fastpath.linear, fastpath.linear_into, fastpath.can_write_into)
+    with pytest.raises(AttributeError):
+        workspace.no_such_name  # noqa: B018
