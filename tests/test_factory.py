@@ -103,6 +103,14 @@ def test_satellite_file_under_a_plain_name_is_recognised_by_its_tensors(tmp_path
     assert_same_state(model, source)
 
 
+def test_web_weights_in_a_folder_named_like_satellite_stay_web_weights(tmp_path: Path) -> None:
+    source = tiny("dinov3_vitl16")
+    path = save_state_dict_file(source.state_dict(), tmp_path / "sat493m_runs" / "dinov3_vitl16_lvd.pth")
+    model = create_model("dinov3_vitl16", weights=path, **TINY)
+    assert model.local_cls_norm is None and model.weights_tag is None
+    assert_same_state(model, source)
+
+
 def test_satellite_hint_names_what_works(tmp_path: Path) -> None:
     source = tiny("dinov3_vitl16", weights="sat493m")
     path = save_state_dict_file(source.state_dict(), tmp_path / "my_vitl.pth")
@@ -326,3 +334,19 @@ def test_convert_unwraps_a_training_checkpoint_without_model(tmp_path: Path) -> 
     out = torch.load(convert_checkpoint(tmp_path / "ckpt.pth", tmp_path / "o.pth", to="official"), weights_only=True)
     assert set(out) == set(source.state_dict())
     assert all(torch.equal(out[k], v) for k, v in source.state_dict().items())
+
+
+def test_satellite_layout_is_decided_by_tensors_then_by_name() -> None:
+    from dinov3_integration.hub.loading import needs_satellite_layout
+    from dinov3_integration.hub.resolved import ResolvedWeights
+
+    vitl, vit7b = get_model_spec("dinov3_vitl16"), get_model_spec("dinov3_vit7b16")
+    sat_sd = tiny("dinov3_vitl16", weights="sat493m").state_dict()
+    web_sd = tiny("dinov3_vitl16").state_dict()
+    hf_sd = formats.official_to_hf(web_sd)
+    assert needs_satellite_layout(vitl, ResolvedWeights(sat_sd, "file /w/plain.pth", "official"))
+    assert not needs_satellite_layout(vitl, ResolvedWeights(web_sd, "file /sat493m/x.pth", "official", "sat493m"))
+    assert needs_satellite_layout(vitl, ResolvedWeights(hf_sd, "file /w/vitl-eadcf0ff.safetensors", "hf"))
+    assert needs_satellite_layout(vitl, ResolvedWeights(hf_sd, "hf-hub:facebook/x", "hf", "sat493m"))
+    assert not needs_satellite_layout(vitl, ResolvedWeights(hf_sd, "hf-hub:facebook/x", "hf", "lvd1689m"))
+    assert not needs_satellite_layout(vit7b, ResolvedWeights(sat_sd, "x", "official"))  # the 7B is always untied

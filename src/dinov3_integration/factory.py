@@ -27,10 +27,9 @@ from typing import Any
 import torch
 
 from ._logging import get_logger
-from .hub.loading import load_pretrained
-from .hub.resolved import ResolvedWeights
+from .hub.loading import load_pretrained, needs_satellite_layout
 from .hub.sources import resolve_weights
-from .models.specs import SAT_TAG, WEIGHT_TAGS, ModelSpec, get_model_spec, tag_in_name
+from .models.specs import SAT_TAG, WEIGHT_TAGS, ModelSpec, get_model_spec
 from .models.vision_transformer import DinoVisionTransformer
 from .utils.redact import redact_text
 
@@ -67,15 +66,6 @@ def _check_overrides(spec: ModelSpec, kw: dict[str, Any], overrides: dict[str, A
         hints = {u: difflib.get_close_matches(u, valid, n=1) for u in unknown}
         text = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for u, h in hints.items())
         raise TypeError(f"create_model({spec.name!r}) got unknown arguments: {text}")
-
-
-def _satellite_layout(spec: ModelSpec, resolved: ResolvedWeights) -> bool:
-    """Whether loaded weights need the satellite architecture (ViT-L: a ``local_cls_norm`` in the tensors)."""
-    if not spec.sat_overrides:
-        return False
-    if resolved.tag == SAT_TAG or tag_in_name(resolved.source) == SAT_TAG:
-        return True
-    return any(k.startswith("local_cls_norm.") for k in resolved.state_dict)
 
 
 def create_model(
@@ -117,7 +107,7 @@ def create_model(
     _check_overrides(spec, spec.kwargs(), overrides)
     resolved = resolve_weights(spec.name, weights, check_hash=check_hash) if load else None
     arch_tag = tag
-    if resolved is not None and arch_tag is None and _satellite_layout(spec, resolved):
+    if resolved is not None and arch_tag is None and needs_satellite_layout(spec, resolved):
         arch_tag = SAT_TAG
     kw = {**spec.kwargs(arch_tag), **overrides}
     shown = redact_text(repr(weights))  # a signed link's query never reaches a log line
@@ -133,7 +123,7 @@ def create_model(
         load_pretrained(model, resolved, periods=rope_periods, device=target)  # type: ignore[arg-type]
         _check_materialised(model)
         if model.weights_tag is None:
-            model.weights_tag = tag or tag_in_name(resolved.source) or (SAT_TAG if arch_tag == SAT_TAG else None)
+            model.weights_tag = tag or (SAT_TAG if arch_tag == SAT_TAG else None)
     return model.eval()
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from .._logging import get_logger
-from ..models.specs import get_model_spec, list_models, tag_in_name
+from ..models.specs import SAT_TAG, get_model_spec, list_models
 from ..models.vision_transformer import DinoVisionTransformer
 from ..utils.atomic import atomic_dir
 from ..utils.redact import redact_text
@@ -31,7 +31,7 @@ from . import formats
 from .checkpoint_io import is_hf_model_folder, load_hf_model_folder, load_state_dict_file, save_state_dict_file
 from .errors import WeightsMismatchError
 from .hf_config import HF_EXTRA_FILE, check_hf_config_fits
-from .loading import TRAINING_ONLY_PREFIXES, load_pretrained
+from .loading import TRAINING_ONLY_PREFIXES, load_pretrained, needs_satellite_layout
 from .mismatch import compare_state_dicts
 from .sources import resolve_weights
 
@@ -89,12 +89,7 @@ def _read_for_model(
 ) -> tuple[dict[str, Tensor], dict[str, Any], str]:
     spec = get_model_spec(model_name)
     resolved = resolve_weights(spec.name, src)
-    sat = bool(spec.sat_overrides) and (
-        resolved.tag == "sat493m"
-        or tag_in_name(resolved.source) == "sat493m"
-        or any(k.startswith("local_cls_norm.") for k in resolved.state_dict)
-    )
-    kwargs = spec.kwargs("sat493m" if sat else resolved.tag)
+    kwargs = spec.kwargs(SAT_TAG if needs_satellite_layout(spec, resolved) else resolved.tag)
     model = DinoVisionTransformer(**kwargs, device="meta")
     model.model_name = spec.name  # type: ignore[attr-defined]
     load_pretrained(model, resolved, periods=periods)  # raises listing missing/unexpected/mis-shaped keys

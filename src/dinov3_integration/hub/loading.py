@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .._logging import get_logger
+from ..models.specs import SAT_TAG, ModelSpec, tag_in_name
 from . import formats
 from .errors import CheckpointFormatError, WeightsMismatchError
 from .mismatch import StateDictMismatch, compare_state_dicts, fitting_models
@@ -23,7 +24,7 @@ from .resolved import LoadResult, ResolvedWeights
 
 log = get_logger("hub")
 
-__all__ = ["TRAINING_ONLY_PREFIXES", "convert_resolved", "load_pretrained"]
+__all__ = ["TRAINING_ONLY_PREFIXES", "convert_resolved", "load_pretrained", "needs_satellite_layout"]
 
 TRAINING_ONLY_PREFIXES = ("dino_head.", "ibot_head.")
 """Keys of training heads that training checkpoints carry next to the backbone; never part of the model."""
@@ -71,6 +72,22 @@ def load_pretrained(
     model.weights_source = resolved.source  # type: ignore[assignment]
     log.debug("loaded %d tensors into %s from %s", len(state_dict), _model_name(model), resolved.source)
     return LoadResult(list(result.missing_keys), list(result.unexpected_keys))
+
+
+def needs_satellite_layout(spec: ModelSpec, resolved: ResolvedWeights) -> bool:
+    """Whether loaded weights need the satellite architecture of ViT-L (its untied ``local_cls_norm``).
+
+    Official-layout tensors decide by themselves (a ``local_cls_norm`` or not, whatever the path says); layouts that
+    cannot hold it (Hugging Face, timm) decide by the tag their name carries (``sat493m``, ``eadcf0ff``).
+    """
+    if not spec.sat_overrides:
+        return False
+    if any(k.startswith("local_cls_norm.") for k in [*resolved.state_dict, *resolved.extras]):
+        return True
+    if resolved.format == "official":
+        return False
+    name = resolved.path.name if resolved.path is not None else resolved.source
+    return resolved.tag == SAT_TAG or tag_in_name(name) == SAT_TAG
 
 
 def _model_name(model: nn.Module) -> str:
