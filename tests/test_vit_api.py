@@ -355,3 +355,17 @@ def test_compute_attention_takes_qkv_as_the_reference(tiny) -> None:
         attn.compute_attention(torch.randn(2, 11, 100))
     with pytest.raises(NotImplementedError, match="attn_bias=None"):
         attn.compute_attention(qkv, torch.zeros(1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"norm_layer": "batchnorm"}, r"unknown norm_layer 'batchnorm'; choose one of \['layernorm'"),
+        ({"ffn_layer": "swiglu65"}, r"unknown ffn_layer 'swiglu65'"),
+        ({"pos_embed_rope_dtype": "fp8"}, r"unknown pos_embed_rope_dtype 'fp8'"),
+        ({"global_pool": "max"}, r"global_pool='max'"),
+    ],
+)
+def test_constructor_validates_names(kwargs, pattern) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        DinoVisionTransformer(embed_dim=64, depth=1, num_heads=4, **kwargs)

@@ -34,7 +34,7 @@ from ..layers import (
 )
 from ..utils.indices import resolve_layer_indices
 from .timm_api import TimmConventions, _check_pool
-from .vit_checks import check_image_batch, check_masks, check_vit_args
+from .vit_checks import check_choice, check_image_batch, check_masks, check_vit_args
 
 log = get_logger("models")
 
@@ -132,6 +132,7 @@ class DinoVisionTransformer(TimmConventions, nn.Module):
         global_pool: str = "token",
         **ignored_kwargs: Any,
     ) -> None:
+        """Validate the arguments, then build every submodule (long: the reference's 27 keywords, in one place)."""
         super().__init__()
         check_vit_args(
             img_size=img_size,
@@ -153,16 +154,11 @@ class DinoVisionTransformer(TimmConventions, nn.Module):
                 "rescale_coords": pos_embed_rope_rescale_coords,
             },
         )
+        check_choice("norm_layer", norm_layer, NORM_LAYERS)
+        check_choice("ffn_layer", ffn_layer, FFN_LAYERS)
+        check_choice("pos_embed_rope_dtype", pos_embed_rope_dtype, ROPE_DTYPES)
         if ignored_kwargs:
             log.warning("DinoVisionTransformer ignores unknown arguments: %s", sorted(ignored_kwargs))
-        if norm_layer not in NORM_LAYERS:
-            raise ValueError(f"unknown norm_layer {norm_layer!r}; choose one of {sorted(NORM_LAYERS)}")
-        if ffn_layer not in FFN_LAYERS:
-            raise ValueError(f"unknown ffn_layer {ffn_layer!r}; choose one of {sorted(FFN_LAYERS)}")
-        if pos_embed_rope_dtype not in ROPE_DTYPES:
-            raise ValueError(
-                f"unknown pos_embed_rope_dtype {pos_embed_rope_dtype!r}; choose one of {sorted(ROPE_DTYPES)}"
-            )
         norm_layer_cls = NORM_LAYERS[norm_layer]
         ffn_layer_cls = FFN_LAYERS[ffn_layer]
         self.num_features = self.embed_dim = embed_dim
@@ -176,14 +172,7 @@ class DinoVisionTransformer(TimmConventions, nn.Module):
         self.gradient_checkpointing = False
         log.debug(
             "building DinoVisionTransformer: embed_dim=%d depth=%d heads=%d ffn=%s(%s) patch=%d storage=%d device=%s",
-            embed_dim,
-            depth,
-            num_heads,
-            ffn_layer,
-            ffn_ratio,
-            patch_size,
-            n_storage_tokens,
-            device,
+            *(embed_dim, depth, num_heads, ffn_layer, ffn_ratio, patch_size, n_storage_tokens, device),
         )
 
         with torch.device(device) if device is not None else contextlib.nullcontext():

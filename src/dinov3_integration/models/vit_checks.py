@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_image_batch", "check_masks", "check_vit_args"]
+__all__ = ["check_choice", "check_image_batch", "check_masks", "check_vit_args"]
 
 _size_warnings: set[tuple[int, int, int]] = set()
 
@@ -39,6 +40,12 @@ def _finite(name: str, value: object, *, low: float, low_ok: bool = True, high: 
         bracket = "[" if low_ok else "("
         top = "inf)" if high == math.inf else f"{high:g}]"
         raise ValueError(f"{name}={value!r}: must be a finite number in {bracket}{low:g}, {top}")
+
+
+def check_choice(name: str, value: object, choices: Iterable[str]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices`` (e.g. ``norm_layer`` in the norm table)."""
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {sorted(choices)}")
 
 
 def check_vit_args(
