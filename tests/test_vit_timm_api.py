@@ -144,3 +144,23 @@ def test_set_grad_checkpointing() -> None:
     assert model.gradient_checkpointing
     model.set_grad_checkpointing(False)
     assert not model.gradient_checkpointing
+
+
+@pytest.mark.parametrize("out_indices", [(1, 2), 2, (-1,)])
+def test_timm_feature_getter_matches_timms_features_only(out_indices) -> None:
+    """``FeatureGetterNet(model, out_indices)`` on our ViT = ``timm.create_model(..., features_only=True)``."""
+    from timm.models._features import FeatureGetterNet
+
+    model, peer = _pair(num_classes=5)
+    peer_features = timm.create_model(
+        "vit_small_patch16_dinov3", pretrained=False, depth=DEPTH, features_only=True, out_indices=out_indices
+    )
+    peer_features.model.load_state_dict(peer.state_dict(), strict=False)  # no head in the features-only model
+    ours = FeatureGetterNet(model, out_indices=out_indices).eval()
+    peer_features.eval()
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        _equal(ours(x), peer_features(x))
+    assert ours.feature_info.channels() == peer_features.feature_info.channels()
+    assert ours.feature_info.reduction() == peer_features.feature_info.reduction() == [16] * len(ours(x))
+    assert isinstance(model.head, torch.nn.Identity) and len(model.blocks) <= DEPTH

@@ -10,7 +10,9 @@ What timm users call on a ViT, with timm's names and meanings (checked against t
   normed patch tokens; ``"token+avg"``: both concatenated, ``[B, 2D]``, as DINOv3's linear classifiers),
   ``reset_classifier(num_classes, global_pool=None)``, ``get_classifier()``;
 - ``set_grad_checkpointing(enable=True)``, ``no_weight_decay()`` and ``group_matcher(coarse=False)`` (for
-  timm's optimizer factory and layer-wise learning-rate decay).
+  timm's optimizer factory and layer-wise learning-rate decay);
+- ``feature_info`` and ``prune_intermediate_layers``, so that timm's ``FeatureGetterNet(model, out_indices=...)``
+  (what ``timm.create_model(..., features_only=True)`` builds for its ViTs) wraps this model as a feature extractor.
 """
 
 from __future__ import annotations
@@ -129,6 +131,34 @@ class TimmConventions:
         if intermediates_only:
             return intermediates
         return self._norm_tokens(outputs[final_block]), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """timm's pruning for feature extraction: drop the blocks after the last wanted one (in place).
+
+        ``prune_norm`` replaces the final norms by identities, ``prune_head`` the head (``num_classes`` 0). Returns the
+        wanted block indices, non-negative (timm's ``FeatureGetterNet`` calls this, then :meth:`forward_intermediates`).
+        """
+        depth = len(self.blocks)
+        wanted = resolve_layer_indices(indices, depth, what="indices", unit="blocks", sort=False, unique=False)
+        self.blocks = self.blocks[: max(wanted) + 1]
+        self.n_blocks = len(self.blocks)
+        self.feature_info = self.feature_info[: self.n_blocks]
+        if prune_norm:
+            self.norm = nn.Identity()
+            self.cls_norm = nn.Identity() if self.cls_norm is not None else None
+            self.local_cls_norm = nn.Identity() if self.local_cls_norm is not None else None
+        if prune_head:
+            self.reset_classifier(0)
+        return wanted
+
+    def _feature_info(self) -> list[dict[str, Any]]:
+        """timm's ``feature_info``: one entry per block (``num_chs`` D, ``reduction`` the patch size)."""
+        return [
+            {"module": f"blocks.{i}", "num_chs": self.embed_dim, "reduction": self.patch_size}
+            for i in range(len(self.blocks))
+        ]
 
     def _norm_tokens(self, x: Tensor) -> Tensor:
         """The final norm on ``[B, 1 + R + N, D]`` (``cls_norm`` on the prefix when the norms are untied)."""

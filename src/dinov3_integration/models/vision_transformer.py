@@ -224,6 +224,7 @@ class DinoVisionTransformer(TimmConventions, nn.Module):
             self.global_pool = _check_pool(global_pool)
             if num_classes:
                 self.reset_classifier(num_classes)
+        self.feature_info = self._feature_info()
         if device is None or torch.device(device).type != "meta":
             self.init_weights()
 
