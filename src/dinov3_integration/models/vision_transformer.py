@@ -33,6 +33,7 @@ from ..layers import (
     fastpath,
 )
 from ..utils.indices import resolve_layer_indices
+from .specs import SWIGLU_ALIGN
 from .timm_api import TimmConventions, _check_pool
 from .vit_checks import check_choice, check_image_batch, check_masks, check_vit_args
 
@@ -40,10 +41,8 @@ log = get_logger("models")
 
 FFN_LAYERS = {
     "mlp": Mlp,
-    "swiglu": SwiGLUFFN,
-    "swiglu32": partial(SwiGLUFFN, align_to=32),
-    "swiglu64": partial(SwiGLUFFN, align_to=64),
-    "swiglu128": partial(SwiGLUFFN, align_to=128),
+    # the SwiGLU widths' alignment: one table, in the specs
+    **{name: partial(SwiGLUFFN, align_to=align) for name, align in SWIGLU_ALIGN.items()},
 }
 
 
