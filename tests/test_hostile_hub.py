@@ -565,3 +565,14 @@ def test_create_model_from_a_signed_link_logs_no_secret(
     assert not _leaks(model.weights_source) and "127.0.0.1" in model.weights_source
     assert any("create_model" in r.getMessage() for r in caplog.records)  # the factory's line was read too
     assert not [r.getMessage() for r in caplog.records if _leaks(r.getMessage())]
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_unrecognised_signed_url_is_redacted_in_the_error(scheme):
+    from dinov3_integration.hub import resolve_weights
+    from dinov3_integration.hub.errors import WeightsError
+
+    with pytest.raises(WeightsError) as info:
+        resolve_weights("dinov3_vits16", f"{scheme}://bucket/x.pth?X-Amz-Signature=TOPSECRET")
+    assert "TOPSECRET" not in str(info.value) and "TOPSECRET" not in repr(getattr(info.value, "searched", ""))
+    assert "bucket/x.pth" in str(info.value)

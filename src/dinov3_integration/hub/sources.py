@@ -48,6 +48,7 @@ from dinov3_integration.hub.hf_config import HF_EXTRA_FILE, check_hf_config_fits
 from dinov3_integration.hub.loading import load_pretrained
 from dinov3_integration.hub.resolved import LoadResult, ResolvedWeights
 from dinov3_integration.models import specs
+from dinov3_integration.utils.redact import redact_text
 
 log = get_logger("hub")
 
@@ -182,6 +183,7 @@ def _resolve_explicit(
 
 
 def _unrecognised(text: str) -> WeightsNotFoundError:
+    text = redact_text(text)  # e.g. 's3://bucket/x.pth?X-Amz-Signature=...': no secret in the message
     hint = f" If {text!r} is a Hugging Face repository, write 'hf-hub:{text}'." if _HF_REPO.match(text) else ""
     return WeightsNotFoundError(
         f"Cannot find weights {text!r}: it is not an existing file or folder (current directory {Path.cwd()}), an "
