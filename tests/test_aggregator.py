@@ -129,10 +129,11 @@ def test_output_layers_selection_is_exact():
         full, _ = agg(x)
         picked, _ = agg(x, output_layers=[3, -4, 1])
         single, _ = agg(x, output_layers=-1)
-    assert len(full) == 4 and len(picked) == 3
-    for out, layer in zip(picked, [3, 0, 1]):
-        assert torch.equal(out, full[layer])
-    assert torch.equal(single[0], full[3])
+    # Issue 12: a kept layer answers its absolute (and negative) index; iteration yields the kept ones in order.
+    assert len(full) == 4 and len(picked) == 4 and picked.layers == [0, 1, 3] and len(list(picked)) == 3
+    for out, layer in zip(picked, [0, 1, 3]):
+        assert torch.equal(out, full[layer]) and torch.equal(picked[layer], full[layer])
+    assert torch.equal(single[-1], full[3]) and single.layers == [3]
     padded = tiny(depth=4, output_layers=[1, 3], pad_output_list=True)
     with torch.no_grad():
         pad, _ = padded(x)

@@ -11,10 +11,12 @@ output is ``cat(frame_i, global_i)`` on the channels, ``[B, S, P, 2C]``.
 Beyond VGGT (none of which changes a VGGT output):
 
 - ``output_layers``: keep only the layers a caller reads; the others are never stored. ``"all"`` (default)
-  returns every layer like VGGT; a list returns those layers in the requested order (``pad_output_list=True``
-  instead returns ``depth`` entries with ``None`` at the layers not kept, so VGGT's heads can index absolutely).
+  returns every layer in a plain list like VGGT; otherwise a :class:`~.outputs.LayerOutputs` answers absolute
+  (``out[23]``) and negative (``out[-1]``) indices with the tensors of the full run, so VGGT's heads and
+  Spatial-MLLM's ``[-1]`` work unchanged (``len()`` is ``depth``, iteration yields the kept layers).
 - ``frames_chunk_size``: run the patch embedding on this many frames at a time (normalisation included).
-- ``gradient_checkpointing``: an explicit switch (VGGT silently checkpoints whenever ``.training``).
+- ``gradient_checkpointing``: ``None`` (default) checkpoints every block while ``.training``, as VGGT does;
+  ``True``/``False`` force it on or off.
 - ``rope_freq <= 0`` disables RoPE (it crashes in VGGT).
 - The module cast to bfloat16 with bfloat16 inputs works, and so does autocast; the RoPE tables need no host
   synchronisation; outputs are written straight into the concatenated ``[B, S, P, 2C]`` tensors.
@@ -38,7 +40,6 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .._logging import get_logger
-from ..utils.indices import resolve_index, resolve_layer_indices
 from ..utils.normalization import normalize
 from .checkpoint import (
     StateDictMismatchError,
@@ -47,9 +48,10 @@ from .checkpoint import (
     load_aggregator_weights,
     read_vggt_checkpoint,
 )
-from .inputs import resolve_register_count, validate_aa_order, validate_images, warn_if_out_of_range
+from .inputs import check_sizes, resolve_register_count, validate_aa_order, validate_images, warn_if_out_of_range
 from .layers.block import Block
-from .patch_embeds import build_patch_embed
+from .outputs import LayerOutputs, resolve_output_layers, write_half
+from .patch_embeds import build_patch_embed, checkpointing_backbone
 from .rope import PositionGetter, RotaryPositionEmbedding2D
 
 __all__ = ["Aggregator"]
@@ -88,12 +90,13 @@ class Aggregator(nn.Module):
         patch_embed_weights: DINOv3 only: load pretrained backbone weights with
             ``create_model(name, pretrained=True, weights=patch_embed_weights)`` (``True`` for the default
             weights, a tag such as ``"lvd1689m"`` / ``"sat493m"``, a file or a hub id).
-        output_layers: layers to return: ``"all"`` (VGGT's behaviour), an index, or a list of indices
-            (negative allowed). Also settable per call in :meth:`forward`.
-        pad_output_list: with a list of ``output_layers``, return ``depth`` entries with ``None`` for the layers
-            not kept (absolute indexing still works) instead of the requested layers in order.
+        output_layers: layers to keep: ``"all"`` (VGGT's behaviour), an index, or a list of indices (negative
+            allowed). Also settable per call in :meth:`forward`. See :meth:`forward` for what is returned.
+        pad_output_list: with a list of ``output_layers``, return a plain list of ``depth`` entries with ``None``
+            for the layers not kept, instead of a :class:`~.outputs.LayerOutputs`.
         frames_chunk_size: patch-embed at most this many frames at once (None: all at once).
-        gradient_checkpointing: recompute blocks in the backward pass (see :meth:`set_gradient_checkpointing`).
+        gradient_checkpointing: recompute blocks in the backward pass: ``None`` (VGGT's rule) while
+            ``.training``, ``True`` always, ``False`` never (see :meth:`set_gradient_checkpointing`).
         check_input_range: warn (once) when inputs are far outside ``[0, 1]``; costs one device sync per call
             until the warning is given.
 
@@ -131,22 +134,13 @@ class Aggregator(nn.Module):
         output_layers: str | int | Sequence[int] = "all",
         pad_output_list: bool = False,
         frames_chunk_size: int | None = None,
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: bool | None = None,
         check_input_range: bool = True,
     ) -> None:
         super().__init__()
         num_register_tokens = resolve_register_count(num_register_tokens, n_storage_tokens)
         self.aa_order = validate_aa_order(aa_order)
-        if aa_block_size < 1 or depth % aa_block_size != 0:
-            raise ValueError(
-                f"depth ({depth}) must be divisible by aa_block_size ({aa_block_size}); e.g. use aa_block_size in "
-                f"{[d for d in range(1, depth + 1) if depth % d == 0]}"
-            )
-        if embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        if frames_chunk_size is not None and frames_chunk_size < 1:
-            raise ValueError(f"frames_chunk_size must be a positive int or None, got {frames_chunk_size}")
-
+        check_sizes(depth, aa_block_size, embed_dim, num_heads, frames_chunk_size)
         self.depth = depth
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -185,17 +179,9 @@ class Aggregator(nn.Module):
         self.position_getter = PositionGetter() if self.rope is not None else None
         self._position_cache: dict[tuple[int, int, torch.device], Tensor] = {}
 
-        block_kwargs = dict(
-            dim=embed_dim,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            proj_bias=proj_bias,
-            ffn_bias=ffn_bias,
-            init_values=init_values,
-            qk_norm=qk_norm,
-            rope=self.rope,
-        )
+        block_kwargs = dict(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                            proj_bias=proj_bias, ffn_bias=ffn_bias, init_values=init_values, qk_norm=qk_norm,
+                            rope=self.rope)  # fmt: skip
         self.frame_blocks = nn.ModuleList([block_fn(**block_kwargs) for _ in range(depth)])
         self.global_blocks = nn.ModuleList([block_fn(**block_kwargs) for _ in range(depth)])
 
@@ -209,32 +195,29 @@ class Aggregator(nn.Module):
         self.register_buffer("_resnet_std", torch.tensor(pe.std).view(1, 1, 3, 1, 1), persistent=False)
 
         self.output_layers = output_layers
-        self._resolve_output_layers(output_layers)  # validate now
-        self.gradient_checkpointing = False
+        resolve_output_layers(output_layers, depth)  # validate now
+        self.gradient_checkpointing: bool | None = None
         self.set_gradient_checkpointing(gradient_checkpointing)
-        log.debug(
-            "built Aggregator: patch_embed=%s (%s, patch %d) embed_dim=%d depth=%d heads=%d registers=%d rope=%s",
-            patch_embed if isinstance(patch_embed, str) else type(patch_embed).__name__,
-            pe.kind,
-            self.patch_size,
-            embed_dim,
-            depth,
-            num_heads,
-            num_register_tokens,
-            rope_freq if self.rope is not None else None,
-        )
+        log.debug("built Aggregator: patch_embed %s (patch %d) embed_dim=%d depth=%d heads=%d registers=%d rope=%s",
+                  pe.kind, self.patch_size, embed_dim, depth, num_heads, num_register_tokens,
+                  rope_freq if self.rope is not None else None)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ settings
-    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute every block (and the DINO backbone's blocks) in the backward pass to save activation memory.
+    def set_gradient_checkpointing(self, enabled: bool | None = True) -> None:
+        """Recompute every block (and the patch embedding's blocks) in the backward pass to save activation memory.
 
-        Only active while autograd is recording; it never changes results. Unlike VGGT it does not depend on
-        ``.training``.
+        ``None`` is VGGT's rule: checkpoint while ``.training`` (the default); ``True`` checkpoints also in eval
+        mode, ``False`` never. Only active while autograd is recording; it never changes results.
         """
-        self.gradient_checkpointing = bool(enabled)
+        self.gradient_checkpointing = None if enabled is None else bool(enabled)
         setter = getattr(self.patch_embed, "set_gradient_checkpointing", None)
-        if callable(setter):
-            setter(self.gradient_checkpointing)
+        if callable(setter) and (enabled is not None or self.patch_embed_kind == "dinov2"):
+            setter(self.gradient_checkpointing)  # the DINOv2 ViT has VGGT's None rule itself
+
+    @property
+    def checkpointing(self) -> bool:
+        """Whether blocks are checkpointed now (``gradient_checkpointing``, or ``.training`` when it is None)."""
+        return self.training if self.gradient_checkpointing is None else self.gradient_checkpointing
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -248,18 +231,6 @@ class Aggregator(nn.Module):
         with torch.no_grad():
             self._resnet_mean.copy_(torch.tensor(mean).view(1, 1, 3, 1, 1))
             self._resnet_std.copy_(torch.tensor(std).view(1, 1, 3, 1, 1))
-
-    def _resolve_output_layers(self, spec: str | int | Sequence[int] | None) -> list[int]:
-        """Absolute layer indices (in the requested order) for an ``output_layers`` value (an int is one index)."""
-        if spec is None:
-            spec = self.output_layers
-        if isinstance(spec, str):
-            if spec != "all":
-                raise ValueError(f'output_layers must be "all", an int or a list of ints, got the string {spec!r}')
-            return list(range(self.depth))
-        if isinstance(spec, int) and not isinstance(spec, bool):
-            return [resolve_index(spec, self.depth, "output layer")]
-        return resolve_layer_indices(spec, self.depth, what="output_layers", sort=False, unique=False)
 
     # ------------------------------------------------------------------------------------------------ input
     def _validate_images(self, images: Tensor) -> Tensor:
@@ -276,7 +247,7 @@ class Aggregator(nn.Module):
         output_layers: str | int | Sequence[int] | None = None,
         frames_chunk_size: int | None = None,
         patch_embed_outputs: list[dict[str, Tensor]] | None = None,
-    ) -> tuple[list[Tensor | None], int]:
+    ) -> tuple[list[Tensor] | LayerOutputs | list[Tensor | None], int]:
         """Aggregate a batch of image sequences.
 
         Args:
@@ -293,13 +264,17 @@ class Aggregator(nn.Module):
             ``P = patch_start_idx + (H / p) * (W / p)``: token 0 is the camera token, tokens
             ``1..patch_start_idx - 1`` the registers, then the patches in row-major order; channels ``:C`` are the
             frame-attention output and ``C:`` the global-attention output of that layer. With
-            ``output_layers="all"`` the list has ``depth`` entries; with a list of layers it has those layers in
-            the requested order (or ``depth`` entries with ``None`` placeholders when :attr:`pad_output_list`).
+            ``output_layers="all"`` it is a plain list of ``depth`` tensors (VGGT's). Otherwise it is a
+            :class:`~.outputs.LayerOutputs`: ``out[i]`` is layer ``i`` of the full run (``out[4]``, ``out[-1]``),
+            a layer not kept raises :class:`~.outputs.LayerNotKeptError`, ``len(out) == depth`` and iterating
+            yields the kept layers in layer order (:attr:`~.outputs.LayerOutputs.layers`). With
+            :attr:`pad_output_list` it is a plain list of ``depth`` entries, ``None`` where not kept.
         """
         images = self._validate_images(images)
         B, S, _, H, W = images.shape
         h, w = H // self.patch_size, W // self.patch_size
-        layers = self._resolve_output_layers(output_layers)
+        spec = self.output_layers if output_layers is None else output_layers
+        layers = resolve_output_layers(spec, self.depth)
         chunk = frames_chunk_size if frames_chunk_size is not None else self.frames_chunk_size
 
         tokens = self._embed(images, h * w, chunk, patch_embed_outputs)  # [B * S, P, C]
@@ -322,13 +297,14 @@ class Aggregator(nn.Module):
                     block_idx[attn_type] += 1
                     layer = step * self.aa_block_size + i
                     if layer in wanted:
-                        _write_half(outputs, layer, half, tokens.reshape(B, S, P, C))
+                        write_half(outputs, layer, half, tokens.reshape(B, S, P, C))
         del tokens
 
-        spec = self.output_layers if output_layers is None else output_layers
-        if self.pad_output_list and not isinstance(spec, str):
+        if isinstance(spec, str):  # "all": VGGT's plain list
+            return [outputs[layer] for layer in layers], self.patch_start_idx
+        if self.pad_output_list:
             return [outputs.get(i) for i in range(self.depth)], self.patch_start_idx
-        return [outputs[layer] for layer in layers], self.patch_start_idx
+        return LayerOutputs(outputs, self.depth), self.patch_start_idx
 
     def _embed(
         self, images: Tensor, n_patches: int, chunk: int | None, sink: list[dict[str, Tensor]] | None = None
@@ -355,7 +331,8 @@ class Aggregator(nn.Module):
     def _patch_tokens(self, x: Tensor, n_patches: int, sink: list[dict[str, Tensor]] | None = None) -> Tensor:
         """``[N, 3, H, W]`` normalised frames -> patch tokens ``[N, h * w, C]`` (projected when needed)."""
         if self.patch_embed_kind == "dinov3":
-            features = self.patch_embed.forward_features(x)
+            with checkpointing_backbone(self.patch_embed, self.gradient_checkpointing is None and self.training):
+                features = self.patch_embed.forward_features(x)
             if sink is not None:
                 sink.append(features)
             out = features["x_norm_patchtokens"]
@@ -406,7 +383,7 @@ class Aggregator(nn.Module):
         return pos_frame, pos_global, max(h, w) + 1
 
     def _run_block(self, block: nn.Module, tokens: Tensor, pos: Tensor | None, bound: int | None) -> Tensor:
-        if self.gradient_checkpointing and torch.is_grad_enabled():
+        if self.checkpointing and torch.is_grad_enabled():
             return checkpoint(self._call_block, block, tokens, pos, bound, use_reentrant=self.use_reentrant)
         return self._call_block(block, tokens, pos, bound)
 
@@ -471,13 +448,3 @@ class Aggregator(nn.Module):
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=dtype)
         return model.eval()
-
-
-def _write_half(outputs: dict[int, Tensor], layer: int, half: int, value: Tensor) -> None:
-    """Write ``value`` ``[B, S, P, C]`` into channels ``half * C:(half + 1) * C`` of ``outputs[layer]``."""
-    out = outputs.get(layer)
-    C = value.shape[-1]
-    if out is None:
-        out = value.new_empty((*value.shape[:-1], 2 * C))
-        outputs[layer] = out
-    out[..., half * C : (half + 1) * C].copy_(value)

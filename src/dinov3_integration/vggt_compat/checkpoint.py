@@ -165,7 +165,7 @@ _FAMILY_NAMES = {"conv": "a conv patch embedding", "dinov2": "VGGT's DINOv2 ViT"
 def _family_error(found: str, model_kind: str, missing: list[str], unexpected: list[str]) -> BackboneFamilyError:
     lines = [
         f"the checkpoint's patch_embed.* tensors are {_FAMILY_NAMES[found]}, but this Aggregator's patch embedding "
-        f"is {_FAMILY_NAMES[model_kind]}: they are never loaded into each other (strict=False does not change that; "
+        f"is {_FAMILY_NAMES[model_kind]}: they are never loaded into each other (whatever strict says: "
         "names that coincide would make a silent hybrid)."
     ]
     if model_kind == "dinov3":

@@ -18,6 +18,8 @@ from .._logging import get_logger
 
 __all__ = [
     "AA_TYPES",
+    "check_sides",
+    "check_sizes",
     "nearest_multiples",
     "resolve_register_count",
     "validate_aa_order",
@@ -100,6 +102,19 @@ def warn_if_out_of_range(images: Tensor) -> bool:
     log.warning(message)
     warnings.warn(message, UserWarning, stacklevel=4)
     return True
+
+
+def check_sizes(depth: int, aa_block_size: int, embed_dim: int, num_heads: int, frames_chunk_size: int | None) -> None:
+    """The Aggregator's size arguments fit together (``depth`` divisible by ``aa_block_size``, ...), else ValueError."""
+    if aa_block_size < 1 or depth % aa_block_size != 0:
+        raise ValueError(
+            f"depth ({depth}) must be divisible by aa_block_size ({aa_block_size}); e.g. use aa_block_size in "
+            f"{[d for d in range(1, depth + 1) if depth % d == 0]}"
+        )
+    if embed_dim % num_heads != 0:
+        raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+    if frames_chunk_size is not None and frames_chunk_size < 1:
+        raise ValueError(f"frames_chunk_size must be a positive int or None, got {frames_chunk_size}")
 
 
 def resolve_register_count(num_register_tokens: int, n_storage_tokens: int | None) -> int:

@@ -7,7 +7,8 @@ its family (``"conv"``, ``"dinov2"``, ``"dinov3"`` or ``"module"``), its token w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from torch import nn
@@ -20,7 +21,7 @@ from ..utils.normalization import IMAGENET_MEAN, IMAGENET_STD
 from .layers.patch_embed import PatchEmbed
 from .layers.vision_transformer import vit_base, vit_giant2, vit_large, vit_small
 
-__all__ = ["DINOV2_PATCH_EMBEDS", "PatchEmbedSpec", "build_patch_embed", "is_dinov3_module"]
+__all__ = ["DINOV2_PATCH_EMBEDS", "PatchEmbedSpec", "build_patch_embed", "checkpointing_backbone", "is_dinov3_module"]
 
 log = get_logger("vggt_compat")
 
@@ -133,3 +134,16 @@ def _build_dinov3(name: str, patch_size: int, config: dict[str, Any], weights: A
         log.warning("patch_size=%d ignored: the DINOv3 backbone %s has %d-pixel patches", patch_size, name, p)
     mean, std = normalization_for(getattr(module, "weights_tag", None))
     return PatchEmbedSpec(module, "dinov3", int(module.embed_dim), p, mean, std)
+
+
+@contextlib.contextmanager
+def checkpointing_backbone(backbone: nn.Module, enabled: bool) -> Iterator[None]:
+    """Checkpoint a DINOv3 backbone's blocks inside the block when ``enabled`` (VGGT's rule while training)."""
+    if not enabled or backbone.gradient_checkpointing:
+        yield
+        return
+    backbone.gradient_checkpointing = True
+    try:
+        yield
+    finally:
+        backbone.gradient_checkpointing = False

@@ -9,8 +9,9 @@ Token layout after :meth:`DinoV2VisionTransformer.prepare_tokens_with_masks`: ``
 position embedding is added to cls and patches only, before the registers are inserted.
 
 Differences from VGGT: the factories accept overrides of their architecture arguments (``vit_large(depth=2)``);
-gradient checkpointing is an explicit switch (:meth:`DinoV2VisionTransformer.set_gradient_checkpointing`) rather
-than being tied to ``.training``.
+gradient checkpointing follows VGGT (every block while ``.training``) unless set explicitly with
+:meth:`DinoV2VisionTransformer.set_gradient_checkpointing`; ``get_intermediate_layers`` refuses out-of-range indices
+(:mod:`dinov3_integration.utils.indices`).
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ class DinoV2VisionTransformer(nn.Module):
         self.interpolate_antialias = interpolate_antialias
         self.interpolate_offset = interpolate_offset
         self.use_reentrant = False
-        self.gradient_checkpointing = False
+        self.gradient_checkpointing: bool | None = None  # None: VGGT's rule, checkpoint while training
 
         self.patch_embed = embed_layer(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
         num_patches = self.patch_embed.num_patches
@@ -203,9 +204,10 @@ class DinoV2VisionTransformer(nn.Module):
             nn.init.normal_(self.register_tokens, std=1e-6)
         named_apply(init_weights_vit_timm, self)
 
-    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute each block in the backward pass (VGGT instead checkpoints whenever ``.training``)."""
-        self.gradient_checkpointing = bool(enabled)
+    def set_gradient_checkpointing(self, enabled: bool | None = True) -> None:
+        """Recompute each block in the backward pass: ``True`` always, ``False`` never, ``None`` (the default)
+        while ``.training``, as VGGT. Only while autograd records; results do not change."""
+        self.gradient_checkpointing = None if enabled is None else bool(enabled)
 
     def interpolate_pos_encoding(self, x: Tensor, height: int, width: int) -> Tensor:
         """Position embedding ``[1, 1 + N, C]`` for an ``height x width`` image whose tokens are ``x`` ``[B, 1 + N, C]``.
@@ -260,7 +262,8 @@ class DinoV2VisionTransformer(nn.Module):
         return x
 
     def _run_block(self, block: nn.Module, x: Any) -> Any:
-        if self.gradient_checkpointing and torch.is_grad_enabled():
+        active = self.training if self.gradient_checkpointing is None else self.gradient_checkpointing
+        if active and torch.is_grad_enabled():
             return checkpoint(block, x, use_reentrant=self.use_reentrant)
         return block(x)
 
