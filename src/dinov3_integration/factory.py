@@ -30,6 +30,7 @@ from ._logging import get_logger
 from .hub.loading import load_pretrained, needs_satellite_layout
 from .hub.sources import resolve_weights
 from .models.specs import SAT_TAG, WEIGHT_TAGS, ModelSpec, get_model_spec
+from .models.timm_features import split_timm_kwargs
 from .models.vision_transformer import DinoVisionTransformer
 from .utils.redact import redact_text
 
@@ -48,7 +49,7 @@ __all__ = [
     "dinov3_vits16plus",
 ]
 
-_EXTRA_CONSTRUCTOR_ARGS = frozenset({"device"})
+_EXTRA_CONSTRUCTOR_ARGS = frozenset({"device", "num_classes", "global_pool"})
 
 
 def _tag(weights: Any) -> str | None:
@@ -77,7 +78,7 @@ def create_model(
     check_hash: bool = True,
     rope_periods: str = "reference",
     **overrides: Any,
-) -> DinoVisionTransformer:
+) -> DinoVisionTransformer | Any:
     """Build a registered model, timm style, and load its weights when asked (see the module docstring).
 
     Args:
@@ -90,7 +91,11 @@ def create_model(
         rope_periods: for weights without stored RoPE periods (Hugging Face, timm): ``"reference"`` uses the
             bfloat16-rounded periods of the official checkpoints (outputs match Meta's model), ``"float32"`` the
             float32 periods the ports compute (outputs match ``transformers``/``timm``).
-        **overrides: constructor arguments replacing the registered ones (``depth=2`` for a tiny test model).
+        **overrides: constructor arguments replacing the registered ones (``depth=2`` for a tiny test model,
+            ``num_classes``/``global_pool``), and timm's keywords (:func:`~dinov3_integration.models.timm_features.
+            split_timm_kwargs`): ``checkpoint_path=`` / ``pretrained_cfg_overlay=dict(file=...)`` (aliases of
+            ``weights``), ``features_only=True`` with ``out_indices``/``feature_cfg`` (returns a
+            :class:`~dinov3_integration.models.timm_features.FeatureMapModel` with ``feature_info``).
 
     Returns:
         A :class:`DinoVisionTransformer` in eval mode, with ``model_name``, ``weights_tag`` and (when loaded)
@@ -101,6 +106,7 @@ def create_model(
         ValueError: an unknown model name.
         WeightsError: the weights cannot be found, read or do not fit (never random weights instead).
     """
+    weights, timm_options, overrides = split_timm_kwargs(weights, overrides)  # timm's aliases and features_only
     spec = get_model_spec(name)
     tag = _tag(weights)
     load = bool(pretrained) or (weights is not None and (tag is None or pretrained is None))
@@ -124,7 +130,7 @@ def create_model(
         _check_materialised(model)
         if model.weights_tag is None:
             model.weights_tag = tag or (SAT_TAG if arch_tag == SAT_TAG else None)
-    return model.eval()
+    return timm_options.finish(model.eval())
 
 
 def _check_materialised(model: torch.nn.Module) -> None:

@@ -35,6 +35,7 @@ from ..layers import (
 from ..utils.indices import resolve_layer_indices
 from .specs import SWIGLU_ALIGN
 from .timm_api import TimmConventions, _check_pool
+from .timm_features import PretrainedCfgMixin
 from .vit_checks import check_choice, check_image_batch, check_masks, check_vit_args
 
 log = get_logger("models")
@@ -58,7 +59,7 @@ def init_weights_vit(module: nn.Module, name: str = "") -> None:
         module.reset_parameters()
 
 
-class DinoVisionTransformer(TimmConventions, nn.Module):
+class DinoVisionTransformer(TimmConventions, PretrainedCfgMixin, nn.Module):
     """The DINOv3 ViT. Keyword-only arguments and defaults are the reference constructor's.
 
     Args:
