@@ -266,7 +266,8 @@ class DINOv3IntegratedModel(nn.Module):
         return normalize(images, self.mean, self.std)
 
     def forward(self, images: Tensor) -> dict[str, Any]:
-        """Run on ``[B, 3, H, W]`` images or ``[B, S, 3, H, W]`` clips (values in [0, 1]); see the module docs."""
+        """Run on ``[B, 3, H, W]`` images or ``[B, S, 3, H, W]`` clips (values in [0, 1]:
+        ``dinov3_integration.transforms.make_transform(model)``); see the module docs."""
         self._check_images(images)
         if images.ndim == 4:
             return self.forward_backbone(images)

@@ -335,7 +335,8 @@ class DinoVisionTransformer(TimmConventions, PretrainedCfgMixin, nn.Module):
     def forward_features(
         self, x: Tensor | list[Tensor], masks: Tensor | list[Tensor | None] | None = None
     ) -> dict[str, Any] | list[dict[str, Any]]:
-        """Run the model on ``[B, 3, H, W]`` and return the reference dict.
+        """Run the model on ``[B, 3, H, W]`` normalised images (``dinov3_integration.transforms.make_transform(model)``)
+        and return the reference dict.
 
         Returns:
             ``x_norm_clstoken`` ``[B, D]``, ``x_storage_tokens`` ``[B, R, D]`` (normed), ``x_norm_patchtokens``

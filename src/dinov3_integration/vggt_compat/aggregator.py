@@ -251,8 +251,9 @@ class Aggregator(nn.Module):
         """Aggregate a batch of image sequences.
 
         Args:
-            images: ``[B, S, 3, H, W]`` (or ``[S, 3, H, W]``, treated as ``B = 1``) in ``[0, 1]``; ``H`` and ``W``
-                multiples of :attr:`patch_size`. Frame 0 of each sequence is the reference frame.
+            images: ``[B, S, 3, H, W]`` (or ``[S, 3, H, W]``, treated as ``B = 1``) in ``[0, 1]``
+                (``dinov3_integration.transforms.make_transform(aggregator)``); ``H`` and ``W`` multiples of
+                :attr:`patch_size`. Frame 0 of each sequence is the reference frame.
             output_layers: override :attr:`output_layers` for this call.
             frames_chunk_size: override :attr:`frames_chunk_size` for this call.
             patch_embed_outputs: with a DINOv3 patch embedding, a list that receives the backbone's
