@@ -24,7 +24,7 @@ def small():
 def test_hf_folder_loads_in_transformers(tmp_path, small) -> None:
     src = save_state_dict_file(small.state_dict(), tmp_path / "small.pth")
     folder = convert_checkpoint(src, tmp_path / "hf", to="hf")
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
     hf = transformers.DINOv3ViTModel.from_pretrained(folder).eval()
     x = torch.randn(2, 3, 48, 64)
     with torch.no_grad():

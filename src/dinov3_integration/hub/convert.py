@@ -23,7 +23,8 @@ from typing import Any, Literal
 from torch import Tensor
 
 from .._logging import get_logger
-from ..models.specs import SAT_TAG, get_model_spec, list_models
+from ..models.hf_api import hf_preprocessor_config
+from ..models.specs import SAT_TAG, get_model_spec, list_models, tag_in_name
 from ..models.vision_transformer import DinoVisionTransformer
 from ..utils.atomic import atomic_dir
 from ..utils.redact import redact_text
@@ -124,7 +125,7 @@ def convert_checkpoint(
     dst = Path(dst).expanduser()
     meta = {"architecture": json.dumps(kwargs, default=str), "model": name or "", "source": redact_text(str(src))}
     if to == "hf":
-        return _write_hf_folder(official, kwargs, dst)
+        return _write_hf_folder(official, kwargs, dst, tag=tag_in_name(str(src)))
     if to == "timm":
         timm_sd = formats.official_to_timm(official)
         lost = sorted({k.rsplit(".", 1)[0] for k in official if k.startswith(("local_cls_norm.", "cls_norm."))})
@@ -156,8 +157,9 @@ def _warn_lossy(what: list[str], target: str) -> None:
         log.warning(message)
 
 
-def _write_hf_folder(official: dict[str, Tensor], kwargs: dict[str, Any], dst: Path) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (plus, for ViT-L SAT and the 7B, ``dinov3_extra.safetensors``
+def _write_hf_folder(official: dict[str, Tensor], kwargs: dict[str, Any], dst: Path, tag: str | None = None) -> Path:
+    """Write ``config.json``, ``preprocessor_config.json`` (for ``AutoImageProcessor``; ``tag`` picks the mean/std)
+    and ``model.safetensors`` (plus, for ViT-L SAT and the 7B, ``dinov3_extra.safetensors``
     with ``local_cls_norm``, which transformers ignores) into a temporary folder, then rename it to ``dst``."""
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise FileExistsError(
@@ -172,5 +174,6 @@ def _write_hf_folder(official: dict[str, Tensor], kwargs: dict[str, Any], dst: P
         if extra:
             save_state_dict_file(extra, tmp / HF_EXTRA_FILE)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "preprocessor_config.json").write_text(json.dumps(hf_preprocessor_config(tag), indent=2) + "\n")
     log.debug("wrote Hugging Face folder %s (%d tensors)", dst, len(hf_sd))
     return dst

@@ -33,6 +33,7 @@ from ..layers import (
     fastpath,
 )
 from ..utils.indices import resolve_layer_indices
+from .hf_api import HubMixin
 from .specs import SWIGLU_ALIGN
 from .timm_api import TimmConventions, _check_pool
 from .timm_features import PretrainedCfgMixin
@@ -59,7 +60,7 @@ def init_weights_vit(module: nn.Module, name: str = "") -> None:
         module.reset_parameters()
 
 
-class DinoVisionTransformer(TimmConventions, PretrainedCfgMixin, nn.Module):
+class DinoVisionTransformer(HubMixin, TimmConventions, PretrainedCfgMixin, nn.Module):
     """The DINOv3 ViT. Keyword-only arguments and defaults are the reference constructor's.
 
     Args:
