@@ -26,7 +26,7 @@ ROOMS: list[tuple[str, ...]] = [
     ("vggt_compat",),
     ("config",),
     ("integrated",),
-    ("features", "pca", "extraction", "transforms"),
+    ("features", "pca", "extraction", "transforms", "export"),
     ("cli", "__main__"),
 ]
 RANK = {room: i for i, rooms in enumerate(ROOMS) for room in rooms}

@@ -59,7 +59,7 @@ def _add_verbose(parser: argparse.ArgumentParser, dest: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dinov3`` parser with its sub-commands (``-v`` works before or after the sub-command)."""
-    from . import convert_cmd, demo, extract, models_cmd, pca_cmd, selftest
+    from . import convert_cmd, demo, export_cmd, extract, models_cmd, pca_cmd, selftest
 
     parser = argparse.ArgumentParser(
         prog="dinov3",
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbose(parser, "verbose")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (extract, pca_cmd, models_cmd, demo, selftest, convert_cmd):
+    for module in (extract, pca_cmd, models_cmd, demo, selftest, convert_cmd, export_cmd):
         module.add_parser(sub)
     for sub_parser in sub.choices.values():
         sub_parser.formatter_class = HelpFormatter
