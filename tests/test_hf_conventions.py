@@ -41,6 +41,10 @@ def test_save_pretrained_round_trip(tmp_path, small) -> None:
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         assert torch.equal(back(x), model(x))
+    # the folder is also a weights source for create_model
+    again = create_model("dinov3_vitl16", weights=folder, depth=2, num_classes=4, global_pool="token+avg")
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
         DinoVisionTransformer.from_pretrained(tmp_path)
 

@@ -4,7 +4,8 @@ The folder written is what ``huggingface_hub.PyTorchModelHubMixin`` writes: ``mo
 state-dict keys, so nothing is lost: RoPE periods, untied norms, a classifier head) and ``config.json`` (the
 constructor arguments, ``model_name`` and ``weights_tag``). ``from_pretrained`` reads a local folder or a Hub repo,
 builds the model on the ``meta`` device and loads with ``strict=True, assign=True`` (no random initialisation; any
-missing or unexpected tensor raises). No pickle is ever read.
+missing or unexpected tensor raises). No pickle is ever read. ``create_model(name, weights=folder)`` also reads
+such a folder.
 
 For a folder that ``transformers.AutoModel`` / ``AutoImageProcessor`` read, use ``dinov3 convert SRC DST --to hf``
 (the ``DINOv3ViTModel`` layout plus ``preprocessor_config.json``); ``create_model(name, weights=that_folder)`` reads
