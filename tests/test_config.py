@@ -384,3 +384,58 @@ def test_programmatic_config_validation():
     assert (arch.embed_dim, arch.aggregator_embed_dim, arch.aggregator_num_heads) == (768, 768, 12)
     with pytest.raises(ConfigError, match=r"^<dict>: model\.nope"):
         config_from_dict({"model": {"nope": 1}})
+
+
+# ---------------------------------------------------------------------------------------------------- hostile YAML
+def test_alias_bomb_is_refused_quickly(tmp_path):
+    """Issue 14 item 16: a 744-byte-class alias bomb (9 levels of 9 aliases: 9**9 values) is refused, not expanded."""
+    import time
+
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]")
+    bomb = write(tmp_path, "\n".join(lines) + "\nmodel: {backbone: {overrides: *a9}}\n", "bomb.yaml")
+    assert bomb.stat().st_size < 1000
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"bomb\.yaml: <file> = 'line 1, column 1': .*expands to more than"):
+        load_config(bomb)
+    assert time.monotonic() - start < 5  # refused before construction (a generous bound; the check is linear)
+    flow = ["&a0 [x, x, x, x, x, x, x, x, x]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    with pytest.raises(ConfigError, match="override .*expands to more than"):  # overrides share the loader
+        parse_override("model.backbone.overrides=[" + ", ".join(flow) + "]")
+    with pytest.raises(ConfigError, match="refers to itself"):
+        load_config(write(tmp_path, "model: &m {backbone: *m}\n", "loop.yaml"))
+
+
+def test_small_anchors_still_work(tmp_path):
+    text = "model:\n  backbone: &bb {dinov3_model: dinov3_vits16, img_size: 32}\n  aggregator: {enabled: false}\n"
+    text += "variants:\n  again: {model: {backbone: *bb}}\n"
+    cfg = load_config(write(tmp_path, text), variant="again")
+    assert cfg.model.backbone.dinov3_model == "dinov3_vits16" and cfg.model.backbone.img_size == 32
+
+
+def test_duplicate_keys_name_the_key_and_line(tmp_path):
+    text = "model:\n  backbone:\n    img_size: 32\n    dinov3_model: dinov3_vits16\n    img_size: 64\n"
+    with pytest.raises(
+        ConfigError, match=r"'line 5, column 5': not valid YAML: duplicate key 'img_size' \(first at line 3\)"
+    ):
+        load_config(write(tmp_path, text))
+    from dinov3_integration.config.safe_yaml import safe_load
+
+    assert safe_load("b: &b {x: 1, y: 1}\nc: {<<: *b, x: 2}\n")["c"] == {"x": 2, "y": 1}  # `<<` then an override
+    with pytest.raises(ConfigError, match="duplicate key 'depth'"):
+        load_config(None, ["model.backbone.overrides={depth: 2, depth: 3}"])
+
+
+def test_pretrained_false_with_a_weights_tag_is_never_silently_random(tmp_path, caplog):
+    text = "model:\n  backbone:\n    dinov3_model: dinov3_vits16\n    pretrained: false\n    weights: lvd1689m\n"
+    with pytest.raises(ConfigError, match=r"model\.backbone\.pretrained = False: with weights 'lvd1689m' this would "
+                       r"build RANDOM weights.*set pretrained: true"):  # fmt: skip
+        load_config(write(tmp_path, text))
+    # A tag that selects an architecture (the satellite ViT-L) with pretrained: false builds it, and says so.
+    from dinov3_integration.integrated import DINOv3IntegratedModel
+
+    with caplog.at_level("WARNING", logger="dinov3"):
+        model = DINOv3IntegratedModel("dinov3_vitl16", weights="sat493m", backbone_overrides={"depth": 1})
+    assert model.backbone.untie_global_and_local_cls_norm
+    assert "weights are RANDOM" in caplog.text

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .._logging import get_logger
+from .safe_yaml import safe_load
 from .schema import ConfigError, DINOv3Config, Origins, config_from_dict, validate_config
 
 log = get_logger("config")
@@ -36,7 +37,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(str(path), "<file>", str(path), f"cannot read the file ({err.strerror or err})") from err
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
@@ -81,7 +82,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in parts):
         raise ConfigError(source, key, raw, "the key must be a dotted path such as 'model.backbone.img_size'")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(source, key, raw, f"the value is not valid YAML ({getattr(err, 'problem', err)})") from err
     return parts, value

@@ -397,6 +397,13 @@ def validate_config(config: DINOv3Config, origins: Origins | None = None) -> Res
             bb.weights,
             f"{spec.name} has no {tag!r} weights; released: {', '.join(spec.weights)} (or give a file, URL or hub id)",
         )
+    if tag is not None and not bb.pretrained and registered == spec.kwargs(None):
+        fail(
+            "model.backbone.pretrained",
+            bb.pretrained,
+            f"with weights {tag!r} this would build RANDOM weights (the tag does not change the {spec.name} "
+            "architecture); set pretrained: true to load them, or weights: null for random weights",
+        )
     if loads_weights:
         shaping = sorted(overridden & _WEIGHT_SHAPING_ARGS)
         if shaping:

@@ -137,6 +137,13 @@ class DINOv3IntegratedModel(nn.Module):
             img_size=bb.img_size,
             **bb.overrides,
         )
+        if bb.weights is not None and not arch.loads_weights:
+            log.warning(
+                "%s: weights=%r with pretrained=False only selects the architecture; the weights are RANDOM "
+                "(pass pretrained=True to load them)",
+                bb.dinov3_model,
+                bb.weights,
+            )
         mean, std = backbone_normalization(backbone)
         self.register_buffer("mean", torch.tensor(mean, device=device).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, device=device).view(3, 1, 1), persistent=False)
