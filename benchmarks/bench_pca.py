@@ -109,7 +109,10 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=48, help="patches per side of each frame (768 px / 16)")
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     bench_from_features(args)
     bench_vs_forward(args)
 
