@@ -186,14 +186,8 @@ def test_readme_block_runs(block: Block, workdir: Path):
         )  # fmt: skip
         assert proc.returncode == 0, f"README line {block.line}:\n{text}\n{proc.stdout}\n{proc.stderr}"
         return
-    known_defects = []
     for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         proc = subprocess.run(_command(line), cwd=workdir, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-        if proc.returncode and "--layers: expected one argument" in proc.stderr:  # being fixed in cli/extract.py
-            known_defects.append("issue 13 item 4: argparse takes `--layers -4,-1` for an option")
-            continue
         assert proc.returncode == 0, f"README line {block.line}: {line}\n{proc.stdout}\n{proc.stderr}"
-    if known_defects:
-        pytest.xfail("; ".join(known_defects))

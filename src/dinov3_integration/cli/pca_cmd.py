@@ -138,7 +138,7 @@ def _compute_rows(args: argparse.Namespace, failures: list[tuple[str, str]]) -> 
 
 def _file_depth(meta: dict[str, Any]) -> int | None:
     """The model's number of blocks: the ``depth`` metadata, else (older files) from the model name and overrides."""
-    if meta.get("depth") is not None:
+    if meta.get("depth"):  # written by `dinov3 extract`
         return int(meta["depth"])
     try:
         from ..models import get_model_spec
@@ -218,7 +218,7 @@ def _rows_from_features(
     files: list[str], layer_arg: int | None, failures: list[tuple[str, str]]
 ) -> tuple[list[Row], bool]:
     """Read ``dinov3 extract`` outputs: one row per image, or per frame of a video / clip."""
-    from .extract import read_features
+    from ..features import read_features
 
     rows: list[Row] = []
     random_weights = False
