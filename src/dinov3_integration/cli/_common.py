@@ -18,6 +18,7 @@ from typing import Any
 
 from .._logging import get_logger
 from ..utils import atomic as _atomic
+from ..utils.redact import redact_text
 
 log = get_logger("cli")
 
@@ -227,17 +228,19 @@ def build_model(args: argparse.Namespace, device: Any, *, allow_random: bool | N
             label = f"random(seed={args.seed})"
         else:
             model = create_model(args.model, pretrained=True, weights=args.weights, **kwargs)
-            label = str(args.weights) if args.weights is not None else f"{args.model} default"
+            label = redact_text(str(args.weights)) if args.weights is not None else f"{args.model} default"
     except (TypeError, ValueError) as exc:
-        raise CLIError(str(exc)) from exc
+        raise CLIError(redact_text(str(exc))) from exc
     except Exception as exc:  # weights not found, download refused, bad checkpoint ...
         if args.weights is None:
             raise CLIError(
-                f"could not load default weights for {args.model}: {exc}\n"
+                f"could not load default weights for {args.model}: {redact_text(str(exc))}\n"
                 "Pass --weights FILE|URL|hf-hub:ID (see `dinov3 models` for the released weights), "
                 "or --random-weights to run with random weights (testing only)."
             ) from exc
-        raise CLIError(f"could not load weights {args.weights!r} for {args.model}: {exc}") from exc
+        raise CLIError(
+            f"could not load weights {redact_text(str(args.weights))!r} for {args.model}: {redact_text(str(exc))}"
+        ) from exc
     digest = state_dict_digest(model)  # on the CPU, before the move
     model = model.to(device).eval()
     _MODEL_CACHE.clear()

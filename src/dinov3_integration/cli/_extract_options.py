@@ -79,7 +79,7 @@ def check_output_folder(out: str) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         with atomic_path(path / ".dinov3-write-check", fsync=False) as tmp:
             tmp.write_bytes(b"")
-        (path / ".dinov3-write-check").unlink()
+        (path / ".dinov3-write-check").unlink(missing_ok=True)
     except OSError as exc:
         raise CLIError(
             f"--out {out!r} is not a writable folder ({exc.strerror or exc}): choose another --out or fix its "

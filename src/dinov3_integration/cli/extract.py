@@ -202,7 +202,7 @@ def finish(ext: Extraction) -> int:
         ctx.barrier()
         failed_total = ctx.all_sum(sum(r["status"] == "failed" for r in records))
         if not ctx.is_main:
-            return 1 if failed_total else 0
+            return 0  # rank 0 reports the job's summary and exit status (one line, not one per rank)
         merged: list[dict[str, Any]] = []
         for r in range(ctx.world_size):
             path = _rank_manifest(ext.out_dir, r, ctx.world_size)
@@ -230,18 +230,31 @@ def finish(ext: Extraction) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``dinov3 extract``."""
-    from ..data.preprocess import parse_resolution
+    """Entry point of ``dinov3 extract``.
 
+    Under torchrun a command-line problem is reported by rank 0 only (the other ranks exit with status 2
+    silently), and failed inputs end the job with rank 0's summary and exit status 1.
+    """
     ctx = dist_env()
     setup_logging(verbose=getattr(args, "verbose", 0), quiet=args.quiet, rank=ctx.rank if ctx.world_size > 1 else None)
+    try:
+        return _run(args, ctx)
+    except CLIError as exc:
+        if ctx.is_main:
+            raise
+        log.debug("rank %d: %s (reported by rank 0)", ctx.rank, exc)
+        return 2
+
+
+def _run(args: argparse.Namespace, ctx: Any) -> int:
+    from ..data.preprocess import parse_resolution
+
     check_options(args)
     try:
         resolution = parse_resolution(args.resolution)
     except ValueError as exc:
         raise CLIError(f"--resolution: {exc}") from exc
-    if ctx.is_main:
-        check_output_folder(args.out)
+    check_output_folder(args.out)  # every rank: each then fails alike, and rank 0 says why
     device = resolve_device(args.device, ctx)
     init_distributed(ctx, device, args.dist_timeout)
     try:
