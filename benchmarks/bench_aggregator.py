@@ -14,6 +14,11 @@ one forward pass of ``[1, S, 3, img, img]`` frames is measured (no autograd):
   (``profile_memory=True``) in one extra run; this counts tensor bytes, not allocator overhead or RSS;
 - ``kept``: bytes of the returned output tensors (exact; what stays alive after the call).
 
+With ``--reference`` each S is also run through ``vggt_reference.py``, a plain transcription of VGGT's Aggregator
+forward with the same weights (proven equal to VGGT's fixtures by ``tests/test_vggt_reference.py``): mode ``vggt``,
+timed interleaved with the others (one run of each in turn, ``--repeats`` rounds), and ``speed`` = VGGT's time /
+this mode's time (issue 18's ratio; the patch embedding is the same module on both sides).
+
 The scaling exponent ``k`` of ``time ~ S^k`` comes from a least-squares fit of ``log time`` on ``log S`` per mode
 (frame attention is linear in S, global attention quadratic in S * P, so ``k`` grows from ~1 towards 2).
 
@@ -41,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from _common import DTYPES, cuda_peak_bytes, profiler_peak_bytes, sync  # noqa: E402
+from vggt_reference import vggt_reference_forward  # noqa: E402
 
 from dinov3_integration.vggt_compat import Aggregator  # noqa: E402
 
@@ -76,6 +82,39 @@ def measure(agg: Aggregator, x: torch.Tensor, layers, repeats: int) -> dict[str,
     return {"time_s": statistics.median(times), "peak_bytes": peak, "kept_bytes": kept}
 
 
+def measure_interleaved(agg: Aggregator, x: torch.Tensor, modes: dict, repeats: int) -> dict[str, dict[str, float]]:
+    """Median time of each mode (and of the ``vggt`` transcription), one run of each in turn per round."""
+    runs = {mode: (lambda layers=layers: agg(x, output_layers=layers)[0]) for mode, layers in modes.items()}
+    runs["vggt"] = lambda: vggt_reference_forward(agg, x)[0]
+    times: dict[str, list[float]] = {mode: [] for mode in runs}
+    with torch.inference_mode():
+        for fn in runs.values():
+            fn()  # warm-up
+        for _ in range(repeats):
+            for mode, fn in runs.items():
+                sync(x.device)
+                start = time.perf_counter()
+                out = fn()
+                sync(x.device)
+                times[mode].append(time.perf_counter() - start)
+                del out
+    return {mode: {"time_s": statistics.median(t)} for mode, t in times.items()}
+
+
+def measure_reference(agg: Aggregator, x: torch.Tensor) -> dict[str, float]:
+    """Peak and kept bytes of the VGGT transcription (its time comes from :func:`measure_interleaved`)."""
+
+    def run():
+        with torch.inference_mode():
+            return vggt_reference_forward(agg, x)[0]
+
+    outputs = run()
+    kept = sum(o.numel() * o.element_size() for o in outputs)
+    del outputs
+    peak = cuda_peak_bytes(run, x.device) if x.device.type == "cuda" else profiler_peak_bytes(run)
+    return {"peak_bytes": peak, "kept_bytes": kept}
+
+
 def fit_exponent(frames: list[int], times: list[float]) -> float:
     """Slope of ``log time`` against ``log S`` (least squares)."""
     xs = [math.log(s) for s in frames]
@@ -100,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    parser.add_argument("--reference", action="store_true", help="also time VGGT's transcription (mode vggt)")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -128,12 +168,19 @@ def main(argv: list[str] | None = None) -> dict:
             for mode, layers in modes.items():
                 result = measure(agg, x, layers, args.repeats)
                 records.append({"frames": S, "mode": mode, **result})
+            if args.reference:
+                timed = measure_interleaved(agg, x, modes, args.repeats)
+                for r in records[-len(modes) :]:
+                    r["time_s"] = timed[r["mode"]]["time_s"]
+                records.append({"frames": S, "mode": "vggt", **measure_reference(agg, x), **timed["vggt"]})
+                for r in records[-len(modes) - 1 :]:
+                    r["speed_vs_vggt"] = timed["vggt"]["time_s"] / r["time_s"]
 
     fits = {
         mode: fit_exponent(
             [r["frames"] for r in records if r["mode"] == mode], [r["time_s"] for r in records if r["mode"] == mode]
         )
-        for mode in modes
+        for mode in {r["mode"] for r in records}
     }
     p = agg.patch_size
     report = {
@@ -167,15 +214,23 @@ def main(argv: list[str] | None = None) -> dict:
         f"dtype={args.dtype} autocast={args.autocast} threads={cfg['threads']}; heads mode keeps layers "
         f"{modes['heads']}; peak = {cfg['peak_memory']}"
     )
-    print(f"{'S':>4} | {'mode':<5} | {'time (s)':>9} | {'peak (MiB)':>10} | {'kept (MiB)':>10} | {'peak vs all':>11}")
-    print("-" * 66)
+    print(
+        f"{'S':>4} | {'mode':<5} | {'time (s)':>9} | {'peak (MiB)':>10} | {'kept (MiB)':>10} | {'peak vs all':>11}"
+        + (f" | {'peak vs vggt':>12} | {'speed vs vggt':>13}" if args.reference else "")
+    )
+    print("-" * (66 + (33 if args.reference else 0)))
     by_key = {(r["frames"], r["mode"]): r for r in records}
     for r in records:
         ref = by_key[(r["frames"], "all")]["peak_bytes"]
         ratio = f"{r['peak_bytes'] / ref:.2f}x" if ref else "-"
+        extra = ""
+        if args.reference:
+            vggt_peak = by_key[(r["frames"], "vggt")]["peak_bytes"]
+            extra = f" | {r['peak_bytes'] / vggt_peak if vggt_peak else float('nan'):>11.2f}x"
+            extra += f" | {r['speed_vs_vggt']:>12.2f}x"
         print(
             f"{r['frames']:>4} | {r['mode']:<5} | {r['time_s']:>9.4f} | {r['peak_bytes'] / mib:>10.1f} | "
-            f"{r['kept_bytes'] / mib:>10.1f} | {ratio:>11}"
+            f"{r['kept_bytes'] / mib:>10.1f} | {ratio:>11}{extra}"
         )
     if len(set(args.frames)) > 1:
         print("time ~ S^k (log-log fit): " + ", ".join(f"{mode}: k = {k:.2f}" for mode, k in fits.items()))

@@ -457,3 +457,47 @@ def test_readme_has_the_four_vggt_recipes():
 @pytest.mark.parametrize("line,code", readme_recipes(), ids=lambda v: f"line{v}" if isinstance(v, int) else "")
 def test_readme_vggt_recipe_runs(line, code):
     exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__readme__"})  # the recipes assert their results
+
+
+# ------------------------------------------------------------------------------------------------ fast paths
+
+
+@pytest.mark.parametrize("backbone", ["conv", "dinov2", "dinov3"])
+def test_inference_fast_paths_are_bit_identical_to_the_reference_path(backbone, monkeypatch):
+    from dinov3_integration.layers import fastpath
+
+    taken = {"n": 0}
+    add_residual_ = fastpath.add_residual_
+
+    def counting(*args, **kwargs):
+        taken["n"] += 1
+        return add_residual_(*args, **kwargs)
+
+    monkeypatch.setattr(fastpath, "add_residual_", counting)
+
+    if backbone == "dinov3":
+        agg = Aggregator(
+            img_size=32, patch_size=16, embed_dim=64, depth=2, num_heads=4, patch_embed="dinov3_vits16",
+            patch_embed_config={"depth": 1, "embed_dim": 64, "num_heads": 4},
+        ).eval()  # fmt: skip
+        x = images(S=3, H=32, W=48)
+    else:
+        agg = small_dinov2() if backbone == "dinov2" else tiny(depth=4)
+        x = images(S=3)
+    with torch.inference_mode():
+        fast, _ = agg(x)
+        fastpath.set_fast_paths(False)
+        try:
+            reference, _ = agg(x)
+        finally:
+            fastpath.set_fast_paths(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast_bf16, _ = agg(x)
+            fastpath.set_fast_paths(False)
+            try:
+                reference_bf16, _ = agg(x)
+            finally:
+                fastpath.set_fast_paths(True)
+    assert taken["n"] >= 2 * 2 * len(agg.frame_blocks) * 2  # the VGGT blocks took the fast path (fp32 and bf16)
+    assert all(torch.equal(a, b) for a, b in zip(fast, reference))
+    assert all(torch.equal(a, b) for a, b in zip(fast_bf16, reference_bf16))

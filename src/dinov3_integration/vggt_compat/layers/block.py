@@ -4,7 +4,9 @@
 :class:`~.attention.Attention` by default), ``ls1``, ``drop_path1``, ``norm2``, ``mlp`` (any ``ffn_layer``),
 ``ls2``, ``drop_path2``; keys ``norm1.*``, ``attn.*``, ``ls1.gamma``, ``norm2.*``, ``mlp.*``, ``ls2.gamma``.
 ``forward(x, pos=None)`` computes ``x = x + ls1(attn(norm1(x), pos=pos))`` then ``x = x + ls2(mlp(norm2(x)))``.
-Stochastic depth is the shared code of :mod:`dinov3_integration.layers.drop_path`.
+Stochastic depth is the shared code of :mod:`dinov3_integration.layers.drop_path`. In eager inference the
+residual adds take the library's fast path when :func:`dinov3_integration.layers.fastpath.decide` allows it
+(LayerScale multiply and residual add in the fresh branch output: the same numbers, ``torch.equal``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import overload
 
 from torch import Tensor, nn
 
+from ...layers import fastpath
 from ...layers.drop_path import drop_add_residual_subset
 from ...layers.layer_scale import LayerScale
 from .attention import XFORMERS_AVAILABLE, Attention
@@ -94,6 +97,12 @@ class Block(nn.Module):
         if self.training and self.sample_drop_ratio > 0.1:
             x = drop_add_residual_subset(x, self._attn_residual, self.sample_drop_ratio, pos)
             return drop_add_residual_subset(x, self._ffn_residual, self.sample_drop_ratio)
+        plan = fastpath.decide(self)
+        if plan.fast:  # eval, no autograd, no hooks: the reference's sums, computed in the fresh branch outputs
+            branch = self.attn(self.norm1(x), pos=pos)
+            x = fastpath.add_residual_(plan, x, branch, self.ls1, fastpath.exact(self.attn, Attention))
+            branch = self.mlp(self.norm2(x))
+            return fastpath.add_residual_(plan, x, branch, self.ls2, fastpath.exact(self.mlp, Mlp))
         x = x + self.drop_path1(self._attn_residual(x, pos))
         return x + self.drop_path2(self._ffn_residual(x))
 
