@@ -75,3 +75,24 @@ def test_output_hidden_states_equivalent(tmp_path, small) -> None:
     assert len(hidden) == len(ours) + 1
     for h, (patches, prefix) in zip(hidden[1:], ours):
         torch.testing.assert_close(h, torch.cat((prefix, patches), dim=1), atol=3e-5, rtol=0)
+
+
+def test_integrated_model_save_pretrained_round_trip(tmp_path) -> None:
+    from dinov3_integration import DINOv3IntegratedModel
+
+    torch.manual_seed(0)
+    tiny = {"depth": 2, "embed_dim": 64, "num_heads": 4}
+    model = DINOv3IntegratedModel(
+        "dinov3_vits16", backbone_overrides=tiny, img_size=32, use_aggregator=True, aggregator_depth=1
+    )
+    randomize_(model, std=0.05).eval()
+    folder = model.save_pretrained(tmp_path / "integrated")
+    back = DINOv3IntegratedModel.from_pretrained(folder)
+    assert back.to_config().to_dict() == model.to_config().to_dict()
+    clips = torch.rand(1, 2, 3, 32, 48)
+    with torch.no_grad():
+        a, b = model(clips), back(clips)
+    assert a.keys() == b.keys()
+    for key in ("features", "cls_token", "patch_tokens"):
+        assert torch.equal(a[key], b[key])
+    assert all(torch.equal(x, y) for x, y in zip(a["output_list"], b["output_list"]) if x is not None)

@@ -38,13 +38,14 @@ from ..utils.normalization import normalize
 from ..vggt_compat import Aggregator
 from .arguments import config_from_arguments, kwargs_from_config
 from .assembly import backbone_normalization, build_aggregator
+from .hub import IntegratedHubMixin
 
 log = get_logger("integrated")
 
 __all__ = ["DINOv3IntegratedModel", "build_model"]
 
 
-class DINOv3IntegratedModel(nn.Module):
+class DINOv3IntegratedModel(IntegratedHubMixin, nn.Module):
     """A DINOv3 ViT backbone, optionally followed by a VGGT-style alternating-attention Aggregator.
 
     Args:

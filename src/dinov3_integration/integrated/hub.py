@@ -1,0 +1,70 @@
+"""``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for :class:`DINOv3IntegratedModel` (a mixin).
+
+The folder holds ``config.json`` (the model's full configuration, ``to_config().to_dict()``) and
+``model.safetensors`` (every tensor of the backbone and the Aggregator). ``from_pretrained`` builds the model from
+the configuration without loading any weights (a weight tag keeps selecting the architecture, e.g. ``sat493m``; a
+weights file or URL in the configuration is dropped: the folder's tensors replace it) and loads the tensors with
+``strict=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from ..models.hf_api import CONFIG_NAME, LIBRARY, WEIGHTS_NAME, HubMixin, _download
+from ..models.specs import WEIGHT_TAGS
+
+__all__ = ["IntegratedHubMixin"]
+
+
+class IntegratedHubMixin(HubMixin):
+    """The Hugging Face methods of :class:`~dinov3_integration.models.hf_api.HubMixin`, with the configuration of
+    the integrated model as ``config.json``."""
+
+    def hub_config(self) -> dict[str, Any]:
+        config = self.to_config().to_dict()  # type: ignore[attr-defined]
+        return {"library_name": LIBRARY, "architecture": type(self).__name__, "config": config}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | None = None,
+        device: torch.device | str | None = None,
+        **overrides: Any,
+    ) -> Any:
+        """Load a folder written by ``save_pretrained`` (a local path or a Hub ``repo_id``), in eval mode.
+
+        Raises:
+            FileNotFoundError: the folder lacks ``config.json`` or ``model.safetensors``.
+            ValueError: the folder was written for another class.
+            RuntimeError: the tensors do not fit the configuration (missing/unexpected keys).
+        """
+        if overrides:
+            raise TypeError(f"{cls.__name__}.from_pretrained takes no architecture overrides: {sorted(overrides)}")
+        path = Path(pretrained_model_name_or_path).expanduser()
+        folder = path if path.is_dir() else _download(str(pretrained_model_name_or_path), revision, token, cache_dir)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder} has no {name}: from_pretrained reads folders of save_pretrained")
+        saved = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        if saved.get("library_name") != LIBRARY or saved.get("architecture") != cls.__name__:
+            raise ValueError(f"{folder / CONFIG_NAME} was not written by {cls.__name__}.save_pretrained")
+        config = saved["config"]
+        backbone = config["model"]["backbone"]
+        backbone["pretrained"] = False
+        if backbone.get("weights") not in WEIGHT_TAGS:
+            backbone["weights"] = None
+        model = cls.from_config(config, device=device)  # type: ignore[attr-defined]
+        state = load_file(str(folder / WEIGHTS_NAME), device="cpu" if device is None else str(torch.device(device)))
+        model.load_state_dict(state, strict=True)
+        return model.eval()
