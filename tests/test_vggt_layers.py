@@ -294,3 +294,16 @@ def test_vit_block_chunks_and_checkpointing():
     xg = x.clone().requires_grad_(True)
     flat.forward_features(xg)["x_norm_patchtokens"].sum().backward()
     assert xg.grad is not None
+
+
+def test_rope2d_base_frequency_change_after_a_first_call_is_honoured():
+    from dinov3_integration.vggt_compat.rope import PositionGetter, RotaryPositionEmbedding2D
+
+    torch.manual_seed(0)
+    tokens = torch.randn(2, 3, 12, 16)
+    pos = PositionGetter()(2, 3, 4, tokens.device)
+    rope = RotaryPositionEmbedding2D(frequency=100.0)
+    rope(tokens, pos)  # fills the table cache at frequency 100
+    rope.base_frequency = 10.0
+    assert torch.equal(rope(tokens, pos), RotaryPositionEmbedding2D(frequency=10.0)(tokens, pos))
+    assert not torch.equal(rope(tokens, pos), RotaryPositionEmbedding2D(frequency=100.0)(tokens, pos))

@@ -9,7 +9,7 @@ angle table ``p * inv_freq`` is computed in float32, **cast to the tokens' dtype
 Differences from VGGT, none of which change a result:
 
 - ``PositionGetter`` caches its grids per ``(height, width, device)`` (VGGT ignores the device).
-- The cos/sin tables are cached per ``(dim, device, dtype)`` and grown on demand; rows do not depend on the table
+- The cos/sin tables are cached per ``(dim, device, dtype, base frequency)`` and grown on demand; rows do not depend on the table
   length, so a longer table gives identical values.
 - The table length comes from a known bound when there is one (``max_position=``, or
   :meth:`RotaryPositionEmbedding2D.position_bound`, which the Aggregator uses), so the forward pass needs no
@@ -76,7 +76,7 @@ class RotaryPositionEmbedding2D(nn.Module):
         super().__init__()
         self.base_frequency = frequency
         self.scaling_factor = scaling_factor
-        self.frequency_cache: dict[tuple[int, torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+        self.frequency_cache: dict[tuple[int, torch.device, torch.dtype, float], tuple[Tensor, Tensor]] = {}
         self._position_bound: int | None = None
 
     def extra_repr(self) -> str:
@@ -99,7 +99,8 @@ class RotaryPositionEmbedding2D(nn.Module):
         self, dim: int, seq_len: int, device: torch.device, dtype: torch.dtype
     ) -> tuple[Tensor, Tensor]:
         """``(cos, sin)`` tables ``[L, dim]`` with ``L >= seq_len`` (column ``j`` and ``j + dim / 2`` share a freq)."""
-        key = (dim, device, dtype)
+        # The base frequency is part of the key: changing it after a first call must not reuse stale tables.
+        key = (dim, device, dtype, float(self.base_frequency))
         cached = self.frequency_cache.get(key)
         if cached is not None and cached[0].shape[0] >= seq_len:
             return cached
