@@ -363,3 +363,46 @@ def test_14_15_errors_are_clear_lines_not_tracebacks(tmp_path: Path, monkeypatch
     out = tmp_path / "full"
     assert main(["extract", str(image), "--out", str(out), *TINY]) == 2
     assert (out / "a.png.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------------------ issue 15
+def test_15_2_complete_rerun_skips_the_model_and_still_redoes_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dinov3_integration.cli._extract_engine as engine
+
+    ckpt = tiny_checkpoint(tmp_path / "w.safetensors")
+    folder = tmp_path / "in"
+    images = [save_rgb(folder / f"{i}.png", seed=i) for i in range(3)]
+    out = tmp_path / "out"
+    base = ["extract", str(folder), "--out", str(out), "--weights", str(ckpt), *TINY[1:]]
+    assert main(base) == 0
+    first = {p.name: read_features(p)[0]["cls.1"].clone() for p in out.rglob("*.safetensors")}
+
+    builds: list[int] = []
+    real_build = engine.build_model
+
+    def counting(*a: object, **k: object) -> object:
+        builds.append(1)
+        return real_build(*a, **k)
+
+    monkeypatch.setattr(engine, "build_model", counting)
+    assert main(base) == 0 and not builds  # nothing built, nothing hashed
+    assert [r["status"] for r in manifest(out)] == ["cached"] * 3
+    # A changed setting: the model is built and every output redone.
+    assert main([*base, "--save-dtype", "float16"]) == 0 and len(builds) == 1
+    assert [r["status"] for r in manifest(out)] == ["ok"] * 3
+    assert main([*base, "--save-dtype", "float16"]) == 0 and len(builds) == 1
+    # A changed input: built again, only that input redone.
+    save_rgb(images[1], seed=9)
+    assert main([*base, "--save-dtype", "float16"]) == 0 and len(builds) == 2
+    assert [r["status"] for r in manifest(out)] == ["cached", "ok", "cached"]
+    # Weights rewritten in place with the same size and time: the content hash tells them apart.
+    st = ckpt.stat()
+    raw = bytearray(ckpt.read_bytes())
+    raw[-2] ^= 0x40  # a different value in the last parameter
+    ckpt.write_bytes(bytes(raw))
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert main([*base, "--save-dtype", "float16"]) == 0 and len(builds) == 3
+    assert [r["status"] for r in manifest(out)] == ["ok"] * 3
+    assert set(first) == {p.name for p in out.rglob("*.safetensors")}

@@ -200,6 +200,30 @@ def state_dict_digest(model: Any) -> str:
     return "sha256:" + h.hexdigest()
 
 
+_PROBE = 1 << 20  # bytes hashed at each end of a weights file for its cheap identity
+
+
+def weights_identity(args: argparse.Namespace) -> str | None:
+    """A cheap identity of the weights ``args`` ask for, or None when only loading them can tell (URLs, tags, hub
+    names, folders). A local file is its real path, size, modification time and a hash of its first and last MiB."""
+    if args.weights is None:
+        return f"random(seed={args.seed})" if args.random_weights else None
+    path = os.path.expanduser(str(args.weights))
+    if not os.path.isfile(path):
+        return None
+    try:
+        st = os.stat(path)
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            h.update(fh.read(_PROBE))
+            if st.st_size > 2 * _PROBE:
+                fh.seek(-_PROBE, os.SEEK_END)
+                h.update(fh.read(_PROBE))
+    except OSError:
+        return None
+    return f"file:{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}:{h.hexdigest()[:16]}"
+
+
 _MODEL_CACHE: dict[str, LoadedModel] = {}
 
 
@@ -216,7 +240,9 @@ def build_model(args: argparse.Namespace, device: Any, *, allow_random: bool | N
     kwargs = parse_model_kwargs(getattr(args, "model_kwargs", None))
     random = args.random_weights if allow_random is None else allow_random
     cache_key = json.dumps(
-        [args.model, args.weights, random, args.seed, kwargs, str(device)], sort_keys=True, default=str
+        [args.model, args.weights, weights_identity(args), random, args.seed, kwargs, str(device)],
+        sort_keys=True,
+        default=str,
     )
     if cache_key in _MODEL_CACHE:
         return _MODEL_CACHE[cache_key]

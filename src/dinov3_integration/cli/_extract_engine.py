@@ -24,7 +24,7 @@ from ._common import (
     library_version,
     state_dict_digest,
 )
-from ._extract_options import parse_layers, parse_save_kinds
+from ._extract_options import parse_layers, parse_save_kinds, request_digest
 from ._extract_runners import AggregateRunner, BackboneRunner, Progress, build_aggregator
 
 log = get_logger("extract")
@@ -122,6 +122,7 @@ class Extraction:
             raise CLIError(str(exc)) from exc
         self.total_inputs = len(items)
         self.items = shard(items, self.ctx.rank, self.ctx.world_size)
+        self.request_digest = request_digest(self.args, self.resolution)
         # Folders that could not be searched: reported once (rank 0) and recorded as failed inputs.
         self.problems = problems if self.ctx.is_main else []
 
@@ -266,6 +267,7 @@ class Extraction:
             "save_dtype": self.settings.save_dtype,
             "compute_dtype": self.settings.compute_dtype,
             "config_digest": self.config_digest,
+            "request_digest": self.request_digest or "",
         }
         if item.kind == "video":
             meta["sampling"] = (
@@ -291,6 +293,33 @@ class Extraction:
         write_features(self.output_path(item), tensors, self.metadata(item, loaded))
 
     # ------------------------------------------------------------------------------------------- main loop
+    def resume_without_model(self) -> bool:
+        """With ``--resume``: when every output of this rank is complete (checksum), comes from its own unchanged
+        source and was made by the same command line (``request_digest``: same settings and the same weights file
+        by path, size, time and content hash), record them all as cached and return True: the model is never
+        built. Otherwise False (nothing recorded; the full check runs after the model is built)."""
+        if not self.args.resume or self.request_digest is None or self.problems:
+            return False
+        metas = []
+        for item in self.items:
+            path = self.output_path(item)
+            if not path.is_file():
+                return False
+            try:
+                meta = verify_features(path)
+            except FeatureFileError:
+                return False
+            sig = source_signature(item.path, item.frames)
+            if meta.get("request_digest") != self.request_digest or meta.get("source") != item.path:
+                return False
+            if sig is None or meta.get("source_signature") != sig:
+                return False
+            metas.append(meta)
+        for item, meta in zip(self.items, metas):
+            self.record(item, "cached", frames=int(meta.get("num_frames", "0")) or None)
+        log.info("resume: all %d inputs are already complete; the model is not built", len(self.items))
+        return True
+
     def plan(self) -> list[Any]:
         """Record the inputs whose output is complete (``--resume``) or belongs to another input; return the rest."""
         args = self.args

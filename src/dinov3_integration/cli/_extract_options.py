@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 from .._logging import get_logger
 from ..utils.atomic import atomic_path
 from ..utils.indices import parse_index_list, resolve_layer_indices
-from ._common import CLIError
+from ._common import CLIError, library_version, parse_model_kwargs, weights_identity
 
 log = get_logger("extract")
 
@@ -86,3 +88,33 @@ def check_output_folder(out: str) -> Path:
             "permissions"
         ) from exc
     return path
+
+
+def request_digest(args: argparse.Namespace, resolution: object) -> str | None:
+    """A digest of everything in the command line that decides an output's content, computed without building the
+    model (issue 15: a rerun whose outputs are all complete skips the model). None when the weights have no cheap
+    identity or with ``--aggregate`` (then the model is built and the outputs compared by ``config_digest``)."""
+    identity = weights_identity(args)
+    if identity is None or args.aggregate:
+        return None
+    try:
+        layers = parse_index_list(args.layers or "-1")
+    except ValueError:
+        return None
+    request = {
+        "library_version": library_version(),
+        "model": args.model,
+        "model_kwargs": parse_model_kwargs(args.model_kwargs),
+        "weights": identity,
+        "resolution": str(resolution),
+        "interpolation": args.interpolation,
+        "normalization": args.normalization,
+        "layers": layers,
+        "save": parse_save_kinds(args.save),
+        "save_dtype": args.save_dtype,
+        "dtype": args.dtype,
+        "frames": args.frames,
+        "fps": args.fps,
+    }
+    blob = json.dumps(request, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()

@@ -261,6 +261,8 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
         ext = Extraction(args, ctx, device)
         ext.resolution = resolution
         ext.discover()
+        if ext.resume_without_model():
+            return finish(ext)
         ext.setup()
         ext.out_dir.mkdir(parents=True, exist_ok=True)
         if ctx.is_main:
