@@ -41,6 +41,8 @@ SUBSTITUTIONS: dict[str, str] = {
     f"-m dinov3_integration extract data/ --out feats_dist {TINY} --resolution 64 --num-workers 0",
     "dinov3 pca photo.jpg --out photo_pca.png --weights lvd1689m": f"dinov3 pca photo.jpg --out photo_pca.png {TINY} "
     "--resolution 64",
+    "dinov3 export dinov3_vits16 vit.onnx --weights lvd1689m": "dinov3 export dinov3_vits16 vit.onnx "
+    "--model-kwargs depth=2,embed_dim=64,num_heads=4 --example-size 32 32",
     'torch.hub.load("path/to/dinov3-integration"': f'torch.hub.load("{ROOT}"',
     "dinov3 demo              #": "dinov3 demo --model-kwargs depth=2,embed_dim=64,num_heads=4  #",
     "dinov3 convert SRC DST --to {official,hf,safetensors,timm}": "\n".join(
