@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -384,6 +385,12 @@ def validate_config(config: DINOv3Config, origins: Origins | None = None) -> Res
     for name in ("embed_dim", "depth", "num_heads", "patch_size"):
         if not isinstance(arch[name], int) or isinstance(arch[name], bool) or arch[name] < 1:
             fail(f"model.backbone.overrides.{name}", arch[name], "must be a positive integer")
+    storage = arch.get("n_storage_tokens", 0)
+    if not isinstance(storage, int) or isinstance(storage, bool) or storage < 0:
+        fail("model.backbone.overrides.n_storage_tokens", storage, "must be an integer >= 0")
+    for key, value in bb.overrides.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f"model.backbone.overrides.{key}", value, "must be a finite number")
     if arch["embed_dim"] % arch["num_heads"]:
         fail(
             "model.backbone.overrides.num_heads",
@@ -468,6 +475,10 @@ def validate_config(config: DINOv3Config, origins: Origins | None = None) -> Res
         fail("model.aggregator.frames_chunk_size", agg.frames_chunk_size, "must be a positive integer or null")
     if agg.num_register_tokens < 0:
         fail("model.aggregator.num_register_tokens", agg.num_register_tokens, "must be >= 0")
+    for key in ("mlp_ratio", "rope_freq", "init_values"):
+        value = getattr(agg, key)
+        if value is not None and not math.isfinite(value):
+            fail(f"model.aggregator.{key}", value, "must be a finite number")
     if agg.mlp_ratio <= 0:
         fail("model.aggregator.mlp_ratio", agg.mlp_ratio, "must be > 0")
 

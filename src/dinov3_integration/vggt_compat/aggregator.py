@@ -48,7 +48,7 @@ from .checkpoint import (
     load_aggregator_weights,
     read_vggt_checkpoint,
 )
-from .inputs import check_sizes, resolve_register_count, validate_aa_order, validate_images, warn_if_out_of_range
+from .inputs import check_finite, check_sizes, resolve_register_count, validate_aa_order, validate_images, warn_if_out_of_range
 from .layers.block import Block
 from .outputs import LayerOutputs, resolve_output_layers, write_half
 from .patch_embeds import build_patch_embed, checkpointing_backbone
@@ -141,6 +141,7 @@ class Aggregator(nn.Module):
         num_register_tokens = resolve_register_count(num_register_tokens, n_storage_tokens)
         self.aa_order = validate_aa_order(aa_order)
         check_sizes(depth, aa_block_size, embed_dim, num_heads, frames_chunk_size)
+        check_finite(mlp_ratio=mlp_ratio, rope_freq=rope_freq, init_values=init_values)
         self.depth = depth
         self.embed_dim = embed_dim
         self.num_heads = num_heads

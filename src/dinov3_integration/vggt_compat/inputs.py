@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import math
+
 import warnings
 from collections.abc import Sequence
 
@@ -102,6 +104,18 @@ def warn_if_out_of_range(images: Tensor) -> bool:
     log.warning(message)
     warnings.warn(message, UserWarning, stacklevel=4)
     return True
+
+
+def check_finite(**values: float | None) -> None:
+    """Each float setting (``mlp_ratio``, ``rope_freq``, ``init_values``, ...) is a finite number, else ValueError."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    ratio = values.get("mlp_ratio")
+    if ratio is not None and ratio <= 0:
+        raise ValueError(f"mlp_ratio must be > 0, got {ratio!r}")
 
 
 def check_sizes(depth: int, aa_block_size: int, embed_dim: int, num_heads: int, frames_chunk_size: int | None) -> None:
