@@ -35,6 +35,8 @@ def test_config_refuses_nan_aggregator_settings(tmp_path, key):
     ("override", "value"), [("n_storage_tokens", "-2"), ("ffn_ratio", ".nan"), ("layerscale_init", ".inf")]
 )
 def test_config_refuses_out_of_range_backbone_overrides(tmp_path, override, value):
-    path = _yaml(tmp_path, f"model:\n  backbone:\n    dinov3_model: dinov3_vits16\n    overrides:\n      {override}: {value}\n")
+    path = _yaml(
+        tmp_path, f"model:\n  backbone:\n    dinov3_model: dinov3_vits16\n    overrides:\n      {override}: {value}\n"
+    )
     with pytest.raises(ConfigError, match=f"overrides.{override}"):
         load_config(path)

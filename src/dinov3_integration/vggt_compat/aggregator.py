@@ -48,7 +48,14 @@ from .checkpoint import (
     load_aggregator_weights,
     read_vggt_checkpoint,
 )
-from .inputs import check_finite, check_sizes, resolve_register_count, validate_aa_order, validate_images, warn_if_out_of_range
+from .inputs import (
+    check_finite,
+    check_sizes,
+    resolve_register_count,
+    validate_aa_order,
+    validate_images,
+    warn_if_out_of_range,
+)
 from .layers.block import Block
 from .outputs import LayerOutputs, resolve_output_layers, write_half
 from .patch_embeds import build_patch_embed, checkpointing_backbone

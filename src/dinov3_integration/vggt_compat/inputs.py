@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import math
-
 import warnings
 from collections.abc import Sequence
 
