@@ -93,6 +93,7 @@ EPILOG = """examples:
 
 # ---------------------------------------------------------------------------------------------------------- parser
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``extract`` sub-parser (long: one ``add_argument`` per option, in the order ``--help`` shows them)."""
     p = sub.add_parser(
         "extract",
         help="extract DINOv3 features from images, folders, videos or a list file",

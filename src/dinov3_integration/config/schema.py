@@ -341,6 +341,9 @@ def _check_backbone_override(key: str, value: Any, registered: Any, fail: Any) -
 def validate_config(config: DINOv3Config, origins: Origins | None = None) -> ResolvedArchitecture:
     """Check that ``config`` describes a model that can be built; return its resolved architecture.
 
+    Long on purpose: one flat list of independent checks, in the order the keys appear in the file, so that every
+    rule about a key is found in one place.
+
     Raises:
         ConfigError: naming the source, key path, value and the fix.
     """

@@ -144,6 +144,7 @@ class Aggregator(nn.Module):
         gradient_checkpointing: bool | None = None,
         check_input_range: bool = True,
     ) -> None:
+        """Validate the arguments, then build every submodule (long: VGGT's keywords plus ours, in one place)."""
         super().__init__()
         num_register_tokens = resolve_register_count(num_register_tokens, n_storage_tokens)
         self.aa_order = validate_aa_order(aa_order)

@@ -138,6 +138,7 @@ class DinoV2VisionTransformer(nn.Module):
         interpolate_offset: float = 0.1,
         qk_norm: bool = False,
     ) -> None:
+        """Build every submodule as VGGT's DINOv2 ViT does (long: its keywords and key layout, in one place)."""
         super().__init__()
         if ffn_layer not in _FFN_LAYERS:
             raise ValueError(f"unknown ffn_layer {ffn_layer!r}; choose one of {sorted(_FFN_LAYERS)}")
