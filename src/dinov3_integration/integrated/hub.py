@@ -9,15 +9,13 @@ weights file or URL in the configuration is dropped: the folder's tensors replac
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from ..models.hf_api import CONFIG_NAME, LIBRARY, WEIGHTS_NAME, HubMixin, _download
+from ..models.hf_api import LIBRARY, WEIGHTS_NAME, HubMixin, read_saved_folder
 from ..models.specs import WEIGHT_TAGS
 
 __all__ = ["IntegratedHubMixin"]
@@ -51,14 +49,7 @@ class IntegratedHubMixin(HubMixin):
         """
         if overrides:
             raise TypeError(f"{cls.__name__}.from_pretrained takes no architecture overrides: {sorted(overrides)}")
-        path = Path(pretrained_model_name_or_path).expanduser()
-        folder = path if path.is_dir() else _download(str(pretrained_model_name_or_path), revision, token, cache_dir)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder} has no {name}: from_pretrained reads folders of save_pretrained")
-        saved = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-        if saved.get("library_name") != LIBRARY or saved.get("architecture") != cls.__name__:
-            raise ValueError(f"{folder / CONFIG_NAME} was not written by {cls.__name__}.save_pretrained")
+        folder, saved = read_saved_folder(cls.__name__, pretrained_model_name_or_path, revision, token, cache_dir)
         config = saved["config"]
         backbone = config["model"]["backbone"]
         backbone["pretrained"] = False

@@ -47,6 +47,37 @@ def _download(repo_id: str, revision: str | None, token: str | bool | None, cach
     )
 
 
+def read_saved_folder(
+    class_name: str,
+    name_or_path: str | os.PathLike[str],
+    revision: str | None,
+    token: str | bool | None,
+    cache_dir: str | None,
+    *,
+    hint: str = "",
+) -> tuple[Path, dict[str, Any]]:
+    """The folder of a ``save_pretrained`` (local, else downloaded) and its ``config.json``, checked.
+
+    Raises:
+        FileNotFoundError: the folder lacks ``config.json`` or ``model.safetensors`` (``hint`` is appended).
+        ValueError: ``config.json`` was written for another class or library.
+    """
+    path = Path(name_or_path).expanduser()
+    folder = path if path.is_dir() else _download(str(name_or_path), revision, token, cache_dir)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(
+                f"{folder} has no {name}: from_pretrained reads folders written by save_pretrained{hint}"
+            )
+    config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    if config.get("library_name") != LIBRARY or config.get("architecture") != class_name:
+        raise ValueError(
+            f"{folder / CONFIG_NAME} was not written by {class_name}.save_pretrained (architecture "
+            f"{config.get('architecture')!r}, library {config.get('library_name')!r})"
+        )
+    return folder, config
+
+
 class HubMixin:
     """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for a module built from keyword arguments.
 
@@ -119,20 +150,14 @@ class HubMixin:
             ValueError: the folder was written for another class.
             RuntimeError: the tensors do not fit the recorded architecture (missing/unexpected keys).
         """
-        path = Path(pretrained_model_name_or_path).expanduser()
-        folder = path if path.is_dir() else _download(str(pretrained_model_name_or_path), revision, token, cache_dir)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(
-                    f"{folder} has no {name}: from_pretrained reads folders written by save_pretrained; for a "
-                    "transformers DINOv3ViTModel folder use create_model(name, weights=folder)"
-                )
-        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-        if config.get("library_name") != LIBRARY or config.get("architecture") != cls.__name__:
-            raise ValueError(
-                f"{folder / CONFIG_NAME} was not written by {cls.__name__}.save_pretrained (architecture "
-                f"{config.get('architecture')!r}, library {config.get('library_name')!r})"
-            )
+        folder, config = read_saved_folder(
+            cls.__name__,
+            pretrained_model_name_or_path,
+            revision,
+            token,
+            cache_dir,
+            hint="; for a transformers DINOv3ViTModel folder use create_model(name, weights=folder)",
+        )
         kwargs = {**config["kwargs"], **overrides}
         model = cls(**kwargs, device="meta")
         target = "cpu" if device is None else str(torch.device(device))
