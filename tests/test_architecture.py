@@ -26,7 +26,17 @@ ROOMS: list[tuple[str, ...]] = [
     ("vggt_compat",),
     ("config",),
     ("integrated",),
-    ("features", "pca", "extraction", "transforms", "export"),
+    (
+        "features",
+        "feature_codec",
+        "feature_shards",
+        "feature_shard_index",
+        "feature_shard_reader",
+        "pca",
+        "extraction",
+        "transforms",
+        "export",
+    ),
     ("cli", "__main__"),
 ]
 RANK = {room: i for i, rooms in enumerate(ROOMS) for room in rooms}

@@ -15,12 +15,15 @@ shapes, bytes) so a file whose data section was damaged behind an intact header 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .feature_codec import FeatureFileError, encode_metadata, tensors_digest
+from .feature_codec import decode_metadata as _decode
+from .feature_shard_reader import FeatureShards
+from .feature_shards import INDEX_NAME, SHARD_FORMAT
 from .utils.atomic import atomic_path, remove_stale_temps
 
 if TYPE_CHECKING:
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMAT",
     "FeatureFileError",
+    "FeatureShards",
     "encode_metadata",
     "read_features",
     "read_metadata",
@@ -38,38 +42,6 @@ __all__ = [
 ]
 
 FORMAT = "dinov3_integration.features/1"
-
-
-class FeatureFileError(ValueError):
-    """A feature file is unreadable, damaged, or not in :data:`FORMAT`."""
-
-
-def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    """``"sha256:<hex>"`` over ``tensors`` sorted by name: each name, dtype, shape and raw bytes."""
-    import torch
-
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return "sha256:" + h.hexdigest()
-
-
-def encode_metadata(meta: Mapping[str, Any]) -> dict[str, str]:
-    """Strings stay as they are; every other value becomes JSON (what :func:`read_features` decodes)."""
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
-
-
-def _decode(raw: Mapping[str, str]) -> dict[str, Any]:
-    meta: dict[str, Any] = {}
-    for key, value in raw.items():
-        try:
-            meta[key] = json.loads(value)
-        except (json.JSONDecodeError, TypeError):
-            meta[key] = value
-    return meta
 
 
 def write_features(
@@ -133,15 +105,24 @@ def verify_features(path: str | os.PathLike[str], expected_keys: Iterable[str] =
     return meta
 
 
-def read_features(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load a feature file: ``(tensors, metadata)`` with the JSON metadata values decoded.
+def read_features(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | FeatureShards:
+    """Load ``dinov3 extract``'s output: a feature file -> ``(tensors, metadata)`` (JSON metadata values decoded);
+    a shard folder (``--format shards``), its ``index.json`` or one shard -> a :class:`FeatureShards`.
 
     Example: ``tensors, meta = read_features("feats/photos/a.jpg.safetensors")``; ``tensors["patch.11"]`` is
-    ``[h, w, D]`` for an image, ``[T, h, w, D]`` for a video; ``meta["grid"] == [h, w]``.
+    ``[h, w, D]`` for an image, ``[T, h, w, D]`` for a video; ``meta["grid"] == [h, w]``. With shards:
+    ``shards = read_features("feats")``; ``tensors, meta = shards["photos/a.jpg"]`` (the same tensors and
+    metadata), ``shards.stack("cls.11")`` is the ``[N, D]`` CLS matrix of N images.
     """
     from safetensors import safe_open
 
+    if Path(path).is_dir() or Path(path).name == INDEX_NAME:
+        return FeatureShards(path)
     with safe_open(os.fspath(path), framework="pt") as fh:
         raw = fh.metadata() or {}
+        if raw.get("format") == SHARD_FORMAT:
+            return FeatureShards(path)
         tensors = {key: fh.get_tensor(key) for key in fh.keys()}
     return tensors, _decode(raw)
