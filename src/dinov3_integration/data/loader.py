@@ -130,10 +130,29 @@ def _identity(x: Any) -> Any:
     return x
 
 
-def make_loader(dataset: InputDataset, *, num_workers: int, pin_memory: bool = False) -> Iterator[LoadedItem]:
-    """Iterate ``dataset`` in order with ``num_workers`` background workers (0: in this process)."""
+# Items the workers keep decoded ahead of the model by default: two batches of the CLI's default 16 frames.
+DEFAULT_PREFETCH_ITEMS = 32
+
+
+def make_loader(
+    dataset: InputDataset,
+    *,
+    num_workers: int,
+    pin_memory: bool = False,
+    prefetch_items: int | None = None,
+) -> Iterator[LoadedItem]:
+    """Iterate ``dataset`` in order with ``num_workers`` background workers (0: in this process).
+
+    ``prefetch_items`` (default :data:`DEFAULT_PREFETCH_ITEMS`) is how many items all workers together keep decoded
+    ahead of the consumer. It should cover at least one batch: the consumer takes a whole batch of items at once
+    after every forward, and whatever was not decoded ahead is decoded while it waits (with 4 items per worker
+    and one worker, as before, 12 of every 16 images were decoded on the critical path).
+    """
     if len(dataset) == 0:
         return iter(())
+    ahead = DEFAULT_PREFETCH_ITEMS if prefetch_items is None else prefetch_items
+    if ahead < 1:
+        raise ValueError(f"prefetch_items must be at least 1, got {prefetch_items}")
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
@@ -141,7 +160,7 @@ def make_loader(dataset: InputDataset, *, num_workers: int, pin_memory: bool = F
         num_workers=num_workers,
         collate_fn=_identity,
         pin_memory=pin_memory,
-        prefetch_factor=4 if num_workers > 0 else None,
+        prefetch_factor=max(2, -(-ahead // num_workers)) if num_workers > 0 else None,
         persistent_workers=False,
     )
     return iter(loader)
