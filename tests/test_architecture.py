@@ -33,10 +33,10 @@ ROOMS: list[tuple[str, ...]] = [
         "feature_shard_index",
         "feature_shard_reader",
         "pca",
-        "extraction",
         "transforms",
         "export",
     ),
+    ("extraction",),
     ("cli", "__main__"),
 ]
 RANK = {room: i for i, rooms in enumerate(ROOMS) for room in rooms}

@@ -333,7 +333,7 @@ def test_14_15_errors_are_clear_lines_not_tracebacks(tmp_path: Path, monkeypatch
     import dinov3_integration.utils.atomic as atomic
 
     built: list[str] = []
-    import dinov3_integration.cli._extract_engine as engine
+    import dinov3_integration.extraction.engine as engine
 
     monkeypatch.setattr(engine, "build_model", lambda *a, **k: built.append("model"))
     real_new_temp = atomic._new_temp
@@ -354,12 +354,12 @@ def test_14_15_errors_are_clear_lines_not_tracebacks(tmp_path: Path, monkeypatch
     monkeypatch.undo()
 
     # A full disk when the manifest is written: a clear error, the finished features stay.
-    import dinov3_integration.cli.extract as extract
+    import dinov3_integration.extraction.sinks as sinks
 
     def full(*a: object, **k: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(extract, "write_jsonl", full)
+    monkeypatch.setattr(sinks, "write_jsonl", full)
     out = tmp_path / "full"
     assert main(["extract", str(image), "--out", str(out), *TINY]) == 2
     assert (out / "a.png.safetensors").is_file()
@@ -369,7 +369,7 @@ def test_14_15_errors_are_clear_lines_not_tracebacks(tmp_path: Path, monkeypatch
 def test_15_2_complete_rerun_skips_the_model_and_still_redoes_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dinov3_integration.cli._extract_engine as engine
+    import dinov3_integration.extraction.engine as engine
 
     ckpt = tiny_checkpoint(tmp_path / "w.safetensors")
     folder = tmp_path / "in"

@@ -43,6 +43,8 @@ SUBSTITUTIONS: dict[str, str] = {
     "--resolution 64",
     "dinov3 export dinov3_vits16 vit.onnx --weights lvd1689m": "dinov3 export dinov3_vits16 vit.onnx "
     "--model-kwargs depth=2,embed_dim=64,num_heads=4 --example-size 32 32",
+    'weights="dinov3_vits16_pretrain_lvd1689m-08c60483.pth", layers=[-4, -1], resolution=224': "random_weights=True, "
+    'model_kwargs={"depth": 4, "embed_dim": 64, "num_heads": 4}, layers=[-4, -1], resolution=64, num_workers=0',
     'torch.hub.load("path/to/dinov3-integration"': f'torch.hub.load("{ROOT}"',
     "dinov3 demo              #": "dinov3 demo --model-kwargs depth=2,embed_dim=64,num_heads=4  #",
     "dinov3 convert SRC DST --to {official,hf,safetensors,timm}": "\n".join(

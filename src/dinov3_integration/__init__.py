@@ -5,6 +5,7 @@ Main entry points (imported on first use, so ``import dinov3_integration`` is ch
 - :func:`create_model`, :func:`list_models`, :func:`model_info`, :class:`DinoVisionTransformer` (the ViT);
 - :class:`Aggregator` (VGGT's multi-frame aggregator, any DINOv3 patch embedding);
 - :class:`DINOv3IntegratedModel`, :func:`load_config`, :func:`build_model` (single/multi-frame model from YAML);
+- :func:`extract` (feature extraction from Python: results in memory, or written like ``dinov3 extract``);
 - :func:`read_features` (a ``dinov3 extract`` output file: tensors and metadata);
 - :mod:`dinov3_integration.hub` (weights), :mod:`dinov3_integration.vggt_compat` (VGGT's layer names).
 """
@@ -30,6 +31,8 @@ _EXPORTS = {
     "DINOv3Config": "config",
     "list_variants": "config",
     "read_features": "features",
+    "extract": "extraction",
+    "ExtractionError": "extraction",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,5 +1,8 @@
 """``dinov3 extract``: batch feature extraction to one safetensors file per input.
 
+The parser and the summary line; the job is the library's :func:`dinov3_integration.extraction.run_job` (the same
+as :func:`dinov3_integration.extract` with ``out=``).
+
 Outputs (under ``--out``):
 
 * ``<key>.safetensors`` per input, where ``<key>`` mirrors the input's path below its argument
@@ -25,27 +28,13 @@ Under ``torchrun --nproc_per_node N`` every rank takes inputs ``i % N == rank`` 
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 from typing import Any
 
 from .._logging import get_logger
-from ..features import FORMAT, read_features
-from ..utils.redact import redact_text
-from ._common import (
-    CLIError,
-    accept_negative_lists,
-    add_model_args,
-    dist_env,
-    format_seconds,
-    init_distributed,
-    read_jsonl,
-    resolve_device,
-    setup_logging,
-    write_jsonl,
-)
-from ._extract_engine import DEFAULT_VIDEO_FRAMES, EXIT_AFTER_ENV, Extraction, Settings, source_signature
-from ._extract_options import (
+from ..extraction.api import run_job
+from ..extraction.engine import EXIT_AFTER_ENV, Extraction
+from ..extraction.errors import ExtractionError
+from ..extraction.options import (
     SAVE_DTYPES,
     SAVE_KINDS,
     check_options,
@@ -53,8 +42,13 @@ from ._extract_options import (
     parse_layers,
     parse_save_kinds,
 )
-from ._extract_runners import AggregateRunner, BackboneRunner, Progress, build_aggregator
+from ..extraction.runners import AggregateRunner, BackboneRunner, Progress, build_aggregator
+from ..extraction.settings import DEFAULT_VIDEO_FRAMES, Settings, source_signature
+from ..extraction.sinks import MANIFEST
+from ..features import FORMAT, read_features
+from ._common import CLIError, accept_negative_lists, add_model_args, dist_env, setup_logging
 
+# The names below moved to dinov3_integration.extraction; kept here for old imports.
 __all__ = [
     "DEFAULT_VIDEO_FRAMES",
     "EXIT_AFTER_ENV",
@@ -71,17 +65,15 @@ __all__ = [
     "build_aggregator",
     "check_options",
     "check_output_folder",
-    "finish",
     "parse_layers",
     "parse_save_kinds",
     "read_features",  # re-exported: the reader lives in dinov3_integration.features
     "run",
     "source_signature",
+    "summarize",
 ]
 
 log = get_logger("extract")
-
-MANIFEST = "manifest.jsonl"
 
 EPILOG = """examples:
   dinov3 extract photos/ --out feats --weights ~/ckpt/dinov3_vits16_pretrain_lvd1689m-08c60483.pth
@@ -179,59 +171,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-# ---------------------------------------------------------------------------------------------------------- output
-def _rank_manifest(out_dir: Path, rank: int, world: int) -> Path:
-    return out_dir / f"manifest.rank{rank}-of-{world}.jsonl"
-
-
-def _write_manifest(path: Path, records: list[dict[str, Any]]) -> None:
-    try:
-        write_jsonl(path, records)
-    except OSError as exc:
-        raise CLIError(
-            f"cannot write the manifest {path} ({exc.strerror or exc}); the feature files written so far are "
-            "complete: free space (or fix permissions) and run the same command again to finish"
-        ) from exc
-
-
-def finish(ext: Extraction) -> int:
-    """Write this rank's manifest; rank 0 merges all of them into ``manifest.jsonl``. Returns the exit status."""
-    ctx = ext.ctx
-    records = sorted(ext.records.values(), key=lambda r: r["input"])
-    if ctx.world_size > 1:
-        _write_manifest(_rank_manifest(ext.out_dir, ctx.rank, ctx.world_size), records)
-        ctx.barrier()
-        failed_total = ctx.all_sum(sum(r["status"] == "failed" for r in records))
-        if not ctx.is_main:
-            return 0  # rank 0 reports the job's summary and exit status (one line, not one per rank)
-        merged: list[dict[str, Any]] = []
-        for r in range(ctx.world_size):
-            path = _rank_manifest(ext.out_dir, r, ctx.world_size)
-            merged.extend(read_jsonl(path))
-        records = sorted(merged, key=lambda rec: rec["input"])
-        _write_manifest(ext.out_dir / MANIFEST, records)
-        for r in range(ctx.world_size):
-            _rank_manifest(ext.out_dir, r, ctx.world_size).unlink(missing_ok=True)
-        assert failed_total == sum(r["status"] == "failed" for r in records)
-    else:
-        _write_manifest(ext.out_dir / MANIFEST, records)
-    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "cached", "failed")}
-    elapsed = time.monotonic() - ext.start
-    summary = (
-        f"extract: {len(records)} inputs: {counts['ok']} written, {counts['cached']} already complete, "
-        f"{counts['failed']} failed in {format_seconds(elapsed)}; manifest: {ext.out_dir / MANIFEST}"
-    )
-    if counts["failed"]:
-        log.warning("%s", summary)
-        for rec in [r for r in records if r["status"] == "failed"][:10]:
-            log.warning("  failed: %s: %s", rec["input"], rec["error"])
-        return 1
-    log.info("%s", summary)
-    return 0
-
-
+# ---------------------------------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``dinov3 extract``.
+    """Entry point of ``dinov3 extract``: the job is :func:`dinov3_integration.extraction.run_job`; this prints.
 
     Under torchrun a command-line problem is reported by rank 0 only (the other ranks exit with status 2
     silently), and failed inputs end the job with rank 0's summary and exit status 1.
@@ -239,46 +181,23 @@ def run(args: argparse.Namespace) -> int:
     ctx = dist_env()
     setup_logging(verbose=getattr(args, "verbose", 0), quiet=args.quiet, rank=ctx.rank if ctx.world_size > 1 else None)
     try:
-        return _run(args, ctx)
-    except CLIError as exc:
+        report = run_job(args, ctx=ctx)
+    except (CLIError, ExtractionError) as exc:
         if ctx.is_main:
             raise
         log.debug("rank %d: %s (reported by rank 0)", ctx.rank, exc)
         return 2
+    return summarize(report)
 
 
-def _run(args: argparse.Namespace, ctx: Any) -> int:
-    from ..data.preprocess import parse_resolution
-
-    check_options(args)
-    try:
-        resolution = parse_resolution(args.resolution)
-    except ValueError as exc:
-        raise CLIError(f"--resolution: {exc}") from exc
-    check_output_folder(args.out)  # every rank: each then fails alike, and rank 0 says why
-    device = resolve_device(args.device, ctx)
-    init_distributed(ctx, device, args.dist_timeout)
-    try:
-        ext = Extraction(args, ctx, device)
-        ext.resolution = resolution
-        ext.discover()
-        if ext.resume_without_model():
-            return finish(ext)
-        ext.setup()
-        ext.out_dir.mkdir(parents=True, exist_ok=True)
-        if ctx.is_main:
-            log.info(
-                "extract: %d inputs%s, model %s (%s), resolution %s, device %s",
-                ext.total_inputs,
-                f" over {ctx.world_size} ranks" if ctx.world_size > 1 else "",
-                ext.loaded.name,
-                redact_text(ext.loaded.weights),
-                ext.settings.resolution,
-                device,
-            )
-            if args.aggregate and args.random_aggregator:
-                log.warning("--random-aggregator: the Aggregator has random weights; its outputs are for testing only")
-        ext.run()
-        return finish(ext)
-    finally:
-        ctx.close()
+def summarize(report: Any) -> int:
+    """Log the job's summary line (and up to 10 failures) on rank 0; the exit status: 1 if any input failed."""
+    if not report.is_main:
+        return 0  # rank 0 reports the job's summary and exit status (one line, not one per rank)
+    if report.counts["failed"]:
+        log.warning("%s", report.summary())
+        for rec in report.failed[:10]:
+            log.warning("  failed: %s: %s", rec["input"], rec["error"])
+        return 1
+    log.info("%s", report.summary())
+    return 0

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
+from ..extraction.errors import ExtractionError
 from ._common import CLIError, library_version, restore_logging
 
 _ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")  # :func:`~pkg.name` -> pkg.name
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with restore_logging():
             return int(args.func(args) or 0)
-    except CLIError as exc:
+    except (CLIError, ExtractionError) as exc:
         print(f"dinov3 {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,35 +1,34 @@
-"""The ``dinov3 extract`` engine: one process's share of a run (resume check, decode, batch, compute, write)."""
+"""The extraction engine: one process's share of a job (resume check, decode, batch, compute, hand to the sink).
+
+Two ways to consume it: :meth:`Extraction.run` writes every result through a :class:`~.sinks.Sink` (writer threads
+off the compute path); :meth:`Extraction.results` yields them in memory (nothing written). Both go through
+:meth:`Extraction.compute`, so the tensors are the same.
+"""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from .._logging import get_logger
-from ..features import FORMAT, FeatureFileError, verify_features, write_features
 from ..utils.redact import redact_text
-from ._common import (
-    CLIError,
-    DistContext,
-    build_model,
-    compute_dtype,
-    library_version,
-    state_dict_digest,
-)
-from ._extract_options import parse_layers, parse_save_kinds, request_digest
-from ._extract_runners import AggregateRunner, BackboneRunner, Progress, build_aggregator
+from .dist import DistContext
+from .errors import ExtractionError
+from .model import build_model, compute_dtype, state_dict_digest
+from .options import library_version, parse_layers, parse_save_kinds, request_digest
+from .results import ExtractionResult
+from .runners import AggregateRunner, BackboneRunner, Progress, build_aggregator
+from .settings import DEFAULT_VIDEO_FRAMES, Settings, source_signature
+from .sinks import Sink
 
 log = get_logger("extract")
 
-DEFAULT_VIDEO_FRAMES = 16
 # Test hook: exit abruptly (like a kill) after this many outputs were written.
 EXIT_AFTER_ENV = "DINOV3_EXTRACT_EXIT_AFTER"
 
@@ -40,20 +39,6 @@ def _torch_dtype(name: str) -> Any:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def source_signature(path: str, frames: tuple[str, ...] | list[str] = ()) -> str | None:
-    """Size and modification time of the source file(s); None when missing. Changes force re-extraction."""
-    try:
-        files = list(frames) or [path]
-        parts = []
-        for f in files:
-            st = os.stat(f)
-            parts.append(f"{os.path.basename(f) if frames else ''}:{st.st_size}:{st.st_mtime_ns}")
-    except OSError:
-        return None
-    text = "|".join(parts)
-    return text if not frames else "sha1:" + hashlib.sha1(text.encode()).hexdigest()
-
-
 @dataclass
 class _Pending:
     """Features of one item being gathered frame by frame."""
@@ -62,47 +47,26 @@ class _Pending:
     loaded: Any
     rows: list[dict[str, Any] | None]
     remaining: int
-    error: str | None = None
 
 
 @dataclass
-class Settings:
-    """Everything that determines an output file's content (hashed into ``config_digest``).
+class Computed:
+    """One input finished by :meth:`Extraction.compute`: its tensors (``error`` None) or why it failed."""
 
-    ``weights`` is only the (redacted) label the user gave; the weights are identified by ``weights_digest`` (so
-    ``w.pth`` and ``./w.pth``, or a refreshed signed link to the same file, are the same weights).
-    """
-
-    model: str
-    model_kwargs: dict[str, Any]
-    weights: str
-    weights_digest: str
-    resolution: str
-    interpolation: str
-    normalization: dict[str, Any]
-    layers: list[int]
-    save: list[str]
-    save_dtype: str
-    compute_dtype: str
-    frames: int | None
-    fps: float | None
-    aggregate: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def digest(self) -> str:
-        content = {k: v for k, v in self.__dict__.items() if k != "weights"}
-        blob = json.dumps({"format": FORMAT, **content}, sort_keys=True, default=str)
-        return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+    item: Any
+    loaded: Any = None
+    tensors: dict[str, Any] | None = None
+    error: str | None = None
 
 
 class Extraction:
-    """One process's share of an extraction run."""
+    """One process's share of an extraction job; ``sink`` None: results in memory only (:meth:`results`)."""
 
-    def __init__(self, args: argparse.Namespace, ctx: DistContext, device: Any) -> None:
+    def __init__(self, args: argparse.Namespace, ctx: DistContext, sink: Sink | None, resolution: Any) -> None:
         self.args = args
         self.ctx = ctx
-        self.device = device
-        self.out_dir = Path(args.out).resolve()
+        self.sink = sink
+        self.resolution = resolution
         self.records: dict[str, dict[str, Any]] = {}
         self.written = 0
         self.start = time.monotonic()
@@ -111,28 +75,29 @@ class Extraction:
 
     # ------------------------------------------------------------------------------------------- setup
     def discover(self) -> None:
-        """Find the inputs (and this rank's share); problems with them are :class:`CLIError`."""
+        """Find the inputs (and this rank's share); problems with them are :class:`ExtractionError`."""
         from ..data.inputs import InputError, discover_inputs, shard
 
+        exclude = [self.sink.root] if self.sink is not None else []
         try:
-            items = discover_inputs(
-                self.args.inputs, clips=self.args.aggregate, exclude=[self.out_dir], problems=(problems := [])
-            )
+            items = discover_inputs(self.args.inputs, clips=self.args.aggregate, exclude=exclude, problems=(p := []))
         except InputError as exc:
-            raise CLIError(str(exc)) from exc
+            raise ExtractionError(str(exc)) from exc
         self.total_inputs = len(items)
         self.items = shard(items, self.ctx.rank, self.ctx.world_size)
         self.request_digest = request_digest(self.args, self.resolution)
         # Folders that could not be searched: reported once (rank 0) and recorded as failed inputs.
-        self.problems = problems if self.ctx.is_main else []
+        self.problems = p if self.ctx.is_main else []
 
-    def setup(self) -> None:
+    def setup(self, device: Any) -> None:
+        """Build the model (and the Aggregator), the loading spec and the settings; ``device`` a torch device."""
         from ..data.loader import LoadSpec
         from ..data.preprocess import choose_normalization
 
         args = self.args
+        self.device = device
         self.kinds = parse_save_kinds(args.save)
-        self.loaded = build_model(args, self.device)
+        self.loaded = build_model(args, device)
         model = self.loaded.model
         self.norm = choose_normalization(args.normalization, self.loaded.weights_tag)
         self.frames = args.frames if args.frames is not None or args.fps is not None else DEFAULT_VIDEO_FRAMES
@@ -141,15 +106,13 @@ class Extraction:
         save_dtype = _torch_dtype(args.save_dtype)
         aggregate_cfg = None
         if args.aggregate:
-            aggregator, agg_kwargs = build_aggregator(args, self.loaded, self.device)
+            aggregator, agg_kwargs = build_aggregator(args, self.loaded, device)
             aggregate_cfg = {"kwargs": agg_kwargs, "weights_digest": state_dict_digest(aggregator)}
             self.layers = parse_layers(args.layers, aggregator.depth)
-            self.runner: Any = AggregateRunner(aggregator, self.layers, self.device, dtype, save_dtype)
+            self.runner: Any = AggregateRunner(aggregator, self.layers, device, dtype, save_dtype)
         else:
             self.layers = parse_layers(args.layers, model.n_blocks)
-            self.runner = BackboneRunner(
-                self.loaded, self.layers, self.kinds, self.norm, self.device, dtype, save_dtype
-            )
+            self.runner = BackboneRunner(self.loaded, self.layers, self.kinds, self.norm, device, dtype, save_dtype)
         self.settings = Settings(
             model=self.loaded.name,
             model_kwargs=self.loaded.model_kwargs,
@@ -172,59 +135,46 @@ class Extraction:
             args.num_workers = max(0, min(8, cores - 1))
 
     # ------------------------------------------------------------------------------------------- helpers
-    def output_path(self, item: Any) -> Path:
-        return self.out_dir / f"{item.key}.safetensors"
-
     def expected_keys(self, item: Any) -> list[str]:
         keys = list(self.runner.keys())
         if item.kind == "video":
             keys += ["frame_indices", "frame_times"]
         return keys
 
-    def existing_output(self, item: Any) -> tuple[str, dict[str, str] | None]:
-        """What the item's output file holds now: ``("missing" | "damaged" | "other" | "stale" | "complete", meta)``.
+    def existing_output(self, item: Any) -> tuple[str, dict[str, str] | None, str]:
+        """What the sink holds for the item: ``("missing" | "damaged" | "other" | "stale" | "complete", meta,
+        where)``.
 
-        ``other``: a complete feature file made from another source path (another input with the same key, from
-        an earlier run into the same ``--out``); ``stale``: the same source, but other settings or a changed file.
+        ``other``: a complete output made from another source path (another input with the same key, from an
+        earlier run into the same ``out``); ``stale``: the same source, but other settings or a changed file.
         """
-        path = self.output_path(item)
-        if not path.is_file():
-            return "missing", None
-        try:
-            meta = verify_features(path)
-        except FeatureFileError as exc:
-            log.warning("%s is unreadable or damaged (%s); extracting it again", path, exc)
-            return "damaged", None
+        assert self.sink is not None
+        stored = self.sink.find(item)
+        if stored.state == "missing":
+            return "missing", None, stored.where
+        if stored.state == "damaged":
+            log.warning("%s is unreadable or damaged (%s); extracting it again", stored.where, stored.error)
+            return "damaged", None, stored.where
+        meta = stored.meta or {}
         if meta.get("source") != item.path:
-            return "other", meta
+            return "other", meta, stored.where
         sig = source_signature(item.path, item.frames)
         ok = (
             meta.get("config_digest") == self.config_digest
             and sig is not None
             and meta.get("source_signature") == sig
-            and set(self.expected_keys(item)) <= set(self._keys_of(path))
+            and set(self.expected_keys(item)) <= stored.keys
         )
-        return ("complete" if ok else "stale"), meta
-
-    @staticmethod
-    def _keys_of(path: Path) -> set[str]:
-        from ..features import read_metadata
-
-        return read_metadata(path)[1]
+        return ("complete" if ok else "stale"), meta, stored.where
 
     def record(
-        self,
-        item: Any,
-        status: str,
-        *,
-        error: str | None = None,
-        frames: int | None = None,
-        warning: str | None = None,
+        self, item: Any, status: str, *, error: str | None = None, frames: int | None = None, warning: str | None = None
     ) -> None:
+        out = self.sink.output_name(item) if self.sink is not None and status != "failed" else None
         rec: dict[str, Any] = {
             "input": item.path,
             "kind": item.kind,
-            "output": f"{item.key}.safetensors" if status != "failed" else None,
+            "output": out,
             "status": status,
             "error": error,
             "frames": frames,
@@ -283,35 +233,38 @@ class Extraction:
             meta["patch_start_idx"] = self.runner.patch_start_idx
         return meta
 
-    def write(self, item: Any, loaded: Any, tensors: dict[str, Any]) -> None:
-        """Save one output atomically (called from the writer thread)."""
+    @staticmethod
+    def finish_tensors(item: Any, loaded: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        """Add a video's ``frame_indices`` ``[T]`` (int64) and ``frame_times`` ``[T]`` (float64)."""
         import torch
 
         if item.kind == "video":
             tensors["frame_indices"] = loaded.info["frame_indices"].to(dtype=torch.int64)
             tensors["frame_times"] = loaded.info["frame_times"].double()
-        write_features(self.output_path(item), tensors, self.metadata(item, loaded))
+        return tensors
 
-    # ------------------------------------------------------------------------------------------- main loop
+    def write(self, item: Any, loaded: Any, tensors: dict[str, Any]) -> None:
+        """Hand one output to the sink (called from a writer thread)."""
+        assert self.sink is not None
+        self.sink.write(item, self.finish_tensors(item, loaded, tensors), self.metadata(item, loaded))
+
+    # ------------------------------------------------------------------------------------------- resume
     def resume_without_model(self) -> bool:
-        """With ``--resume``: when every output of this rank is complete (checksum), comes from its own unchanged
-        source and was made by the same command line (``request_digest``: same settings and the same weights file
-        by path, size, time and content hash), record them all as cached and return True: the model is never
-        built. Otherwise False (nothing recorded; the full check runs after the model is built)."""
-        if not self.args.resume or self.request_digest is None or self.problems:
+        """With ``resume``: when every output of this rank is complete (checksum), comes from its own unchanged
+        source and was made by the same options (``request_digest``: same settings and the same weights file by
+        path, size, time and content hash), record them all as cached and return True: the model is never built.
+        Otherwise False (nothing recorded; the full check runs after the model is built)."""
+        if self.sink is None or not self.args.resume or self.request_digest is None or self.problems:
             return False
         metas = []
         for item in self.items:
-            path = self.output_path(item)
-            if not path.is_file():
+            stored = self.sink.find(item)
+            if stored.state != "present" or stored.meta is None:
                 return False
-            try:
-                meta = verify_features(path)
-            except FeatureFileError:
-                return False
-            sig = source_signature(item.path, item.frames)
+            meta = stored.meta
             if meta.get("request_digest") != self.request_digest or meta.get("source") != item.path:
                 return False
+            sig = source_signature(item.path, item.frames)
             if sig is None or meta.get("source_signature") != sig:
                 return False
             metas.append(meta)
@@ -321,18 +274,20 @@ class Extraction:
         return True
 
     def plan(self) -> list[Any]:
-        """Record the inputs whose output is complete (``--resume``) or belongs to another input; return the rest."""
+        """Record the inputs whose output is complete (``resume``) or belongs to another input; return the rest."""
         args = self.args
         todo = []
         for item in self.items:
-            state, meta = self.existing_output(item) if args.resume or not args.overwrite else ("missing", None)
+            state, meta, where = (
+                self.existing_output(item) if args.resume or not args.overwrite else ("missing", None, "")
+            )
             if state == "complete" and args.resume:
                 assert meta is not None
                 self.record(item, "cached", frames=int(meta.get("num_frames", "0")) or None)
             elif state == "other" and not args.overwrite:
                 assert meta is not None
                 error = (
-                    f"its output {self.output_path(item)} holds the features of another input "
+                    f"its output {where} holds the features of another input "
                     f"({meta.get('source')}); use another --out, or pass --overwrite to replace it"
                 )
                 log.error("failed: %s: %s", item.path, error)
@@ -341,8 +296,8 @@ class Extraction:
                 todo.append(item)
         return todo
 
-    def run(self) -> None:
-        args = self.args
+    # ------------------------------------------------------------------------------------------- compute
+    def _record_problems(self) -> None:
         for problem in self.problems:
             log.error("failed: %s: %s", problem.path, problem.error)
             self.records[problem.path] = {
@@ -353,70 +308,49 @@ class Extraction:
                 "error": problem.error,
                 "frames": None,
             }
-        todo = self.plan()
-        cached = sum(r["status"] == "cached" for r in self.records.values())
-        if cached:
-            log.info("resume: %d of %d inputs are already complete and are skipped", cached, len(self.items))
-        self.progress = Progress(
-            len(todo),
-            quiet=args.quiet,
-            show_bar=sys.stderr.isatty() and self.ctx.is_main,
-            interval=args.log_interval,
-        )
-        try:
-            self._loop(todo)
-        finally:
-            self.progress.close()
 
-    def _fail(self, item: Any, error: str) -> None:
-        log.error("failed: %s: %s", item.path, error)
-        self.record(item, "failed", error=error)
-        self.progress.update(failed=True)
+    def _progress(self, total: int) -> Progress:
+        show_bar = sys.stderr.isatty() and self.ctx.is_main
+        return Progress(total, quiet=self.args.quiet, show_bar=show_bar, interval=self.args.log_interval)
 
-    def _loop(self, todo: list[Any]) -> None:
+    def compute(self, todo: list[Any]) -> Iterator[Computed]:
+        """Decode, batch (frames of one shape across inputs) and run ``todo``; yield each input when complete."""
         from ..data.loader import InputDataset, ShapeBatcher, make_loader
 
         dataset = InputDataset(todo, self.spec)
         loader = make_loader(dataset, num_workers=self.args.num_workers, pin_memory=self.device.type == "cuda")
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dinov3-writer")
-        self._futures: list[tuple[Future, Any, Any]] = []
         pending: dict[int, _Pending] = {}
         batcher = ShapeBatcher(self.args.batch_size)
-        try:
-            for loaded in loader:
-                item = todo[loaded.index]
-                if loaded.error is not None:
-                    self._fail(item, loaded.error)
+        for loaded in loader:
+            item = todo[loaded.index]
+            if loaded.error is not None:
+                yield Computed(item, error=loaded.error)
+                continue
+            if loaded.info.get("warning"):
+                log.warning("%s: %s", item.path, loaded.info["warning"])
+            if self.args.aggregate:
+                try:
+                    tensors = self.runner(loaded.frames)
+                except Exception as exc:
+                    yield Computed(item, error=_compute_error(exc))
                     continue
-                if loaded.info.get("warning"):
-                    log.warning("%s: %s", item.path, loaded.info["warning"])
-                if self.args.aggregate:
-                    try:
-                        tensors = self.runner(loaded.frames)
-                    except Exception as exc:
-                        self._fail(item, _compute_error(exc))
-                        continue
-                    self._submit(pool, item, loaded, tensors)
-                    continue
-                pending[loaded.index] = _Pending(item, loaded, [None] * loaded.frames.shape[0], loaded.frames.shape[0])
-                for batch in batcher.add(loaded.index, loaded.frames):
-                    self._run_batch(batch, pending, pool)
-                self._drain(block=False)
-            for batch in batcher.flush():
-                self._run_batch(batch, pending, pool)
-            self._drain(block=True)
-        finally:
-            pool.shutdown(wait=True)
+                yield _done(item, loaded, tensors)
+                continue
+            pending[loaded.index] = _Pending(item, loaded, [None] * loaded.frames.shape[0], loaded.frames.shape[0])
+            for batch in batcher.add(loaded.index, loaded.frames):
+                yield from self._run_batch(batch, pending)
+        for batch in batcher.flush():
+            yield from self._run_batch(batch, pending)
 
-    def _run_batch(self, batch: Any, pending: dict[int, _Pending], pool: ThreadPoolExecutor) -> None:
+    def _run_batch(self, batch: Any, pending: dict[int, _Pending]) -> Iterator[Computed]:
         try:
             out = self.runner(batch.pixels)
         except Exception as exc:
             error = _compute_error(exc)
-            for index in {owner for owner, _ in batch.owners}:
+            for index in sorted({owner for owner, _ in batch.owners}):
                 entry = pending.pop(index, None)
                 if entry is not None:
-                    self._fail(entry.item, error)
+                    yield Computed(entry.item, error=error)
             return
         for row, (index, t) in enumerate(batch.owners):
             entry = pending.get(index)
@@ -433,12 +367,62 @@ class Extraction:
                     import torch
 
                     tensors = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}  # type: ignore[index]
-                self._submit(pool, entry.item, entry.loaded, tensors)
+                yield _done(entry.item, entry.loaded, tensors)
 
-    def _submit(self, pool: ThreadPoolExecutor, item: Any, loaded: Any, tensors: dict[str, Any]) -> None:
-        loaded.info["num_frames"] = int(loaded.frames.shape[0])
-        loaded.frames = None  # free the pixels
-        self._futures.append((pool.submit(self.write, item, loaded, tensors), item, loaded))
+    # ------------------------------------------------------------------------------------------- in memory
+    def results(self) -> Iterator[ExtractionResult]:
+        """Every input of this rank as an :class:`ExtractionResult`, in the order they finish (nothing written)."""
+        self._record_problems()
+        for problem in self.problems:
+            yield ExtractionResult(problem.path, "folder", status="failed", error=problem.error)
+        progress = self._progress(len(self.items))
+        try:
+            for done in self.compute(list(self.items)):
+                item = done.item
+                if done.error is not None:
+                    log.error("failed: %s: %s", item.path, done.error)
+                    self.record(item, "failed", error=done.error)
+                    progress.update(failed=True)
+                    yield ExtractionResult(item.path, item.kind, status="failed", error=done.error)
+                    continue
+                tensors = self.finish_tensors(item, done.loaded, done.tensors or {})
+                warning = done.loaded.info.get("warning")
+                self.record(item, "ok", frames=done.loaded.info["num_frames"], warning=warning)
+                progress.update()
+                yield ExtractionResult(item.path, item.kind, tensors, self.metadata(item, done.loaded), warning=warning)
+        finally:
+            progress.close()
+
+    # ------------------------------------------------------------------------------------------- to the sink
+    def run(self) -> None:
+        """Plan (resume), compute and write this rank's inputs through the sink; every input gets a record."""
+        self._record_problems()
+        todo = self.plan()
+        cached = sum(r["status"] == "cached" for r in self.records.values())
+        if cached:
+            log.info("resume: %d of %d inputs are already complete and are skipped", cached, len(self.items))
+        self.progress = self._progress(len(todo))
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dinov3-writer")
+        self._futures: list[tuple[Future, Any, Any]] = []
+        try:
+            for done in self.compute(todo):
+                if done.error is not None:
+                    self._fail(done.item, done.error)
+                else:
+                    self._submit(pool, done)
+                self._drain(block=False)
+            self._drain(block=True)
+        finally:
+            pool.shutdown(wait=True)
+            self.progress.close()
+
+    def _fail(self, item: Any, error: str) -> None:
+        log.error("failed: %s: %s", item.path, error)
+        self.record(item, "failed", error=error)
+        self.progress.update(failed=True)
+
+    def _submit(self, pool: ThreadPoolExecutor, done: Computed) -> None:
+        self._futures.append((pool.submit(self.write, done.item, done.loaded, done.tensors), done.item, done.loaded))
         while len(self._futures) > 8:
             self._drain(block=True, limit=len(self._futures) - 8)
 
@@ -451,7 +435,8 @@ class Extraction:
                 try:
                     future.result()
                 except Exception as exc:
-                    self._fail(item, f"cannot write {self.output_path(item)}: {exc}")
+                    assert self.sink is not None
+                    self._fail(item, f"cannot write {self.sink.output_name(item)} in {self.sink.root}: {exc}")
                     continue
                 self.record(item, "ok", frames=loaded.info["num_frames"], warning=loaded.info.get("warning"))
                 self.progress.update()
@@ -462,6 +447,12 @@ class Extraction:
             else:
                 kept.append((future, item, loaded))
         self._futures = kept
+
+
+def _done(item: Any, loaded: Any, tensors: dict[str, Any]) -> Computed:
+    loaded.info["num_frames"] = int(loaded.frames.shape[0])
+    loaded.frames = None  # free the pixels
+    return Computed(item, loaded, tensors)
 
 
 def _compute_error(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""What ``dinov3 extract`` runs on each batch: the backbone's features or a clip through the Aggregator; progress."""
+"""What an extraction runs on each batch: the backbone's features or a clip through the Aggregator; progress."""
 
 from __future__ import annotations
 
@@ -9,9 +9,19 @@ import time
 from typing import Any
 
 from .._logging import get_logger
-from ._common import CLIError, LoadedModel, autocast, format_seconds, parse_model_kwargs
+from .errors import ExtractionError
+from .model import LoadedModel, autocast
+from .options import parse_model_kwargs
 
 log = get_logger("extract")
+
+
+def format_seconds(seconds: float) -> str:
+    """``75`` -> ``"1m15s"``; ``3700`` -> ``"1h01m40s"``."""
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class BackboneRunner:
@@ -116,16 +126,16 @@ def build_aggregator(args: argparse.Namespace, loaded: LoadedModel, device: Any)
                 **overrides,
             )
     except (TypeError, ValueError) as exc:
-        raise CLIError(f"cannot build the Aggregator with --aggregator-kwargs {overrides}: {exc}") from exc
+        raise ExtractionError(f"cannot build the Aggregator with --aggregator-kwargs {overrides}: {exc}") from exc
     if args.aggregator_weights:
         try:
             aggregator.load_vggt_state_dict(
                 _load_state_dict(args.aggregator_weights), strict=True, skip_patch_embed=True
             )
-        except CLIError:
+        except ExtractionError:
             raise
         except Exception as exc:
-            raise CLIError(f"--aggregator-weights {args.aggregator_weights}: {exc}") from exc
+            raise ExtractionError(f"--aggregator-weights {args.aggregator_weights}: {exc}") from exc
     model = loaded.model
     kwargs: dict[str, Any] = {
         "patch_size": model.patch_size,
@@ -143,7 +153,7 @@ def _load_state_dict(path: str) -> dict[str, Any]:
     from ..hub.checkpoint_io import load_state_dict_file
 
     if not os.path.isfile(path):
-        raise CLIError(f"--aggregator-weights {path!r} does not exist")
+        raise ExtractionError(f"--aggregator-weights {path!r} does not exist")
     return load_state_dict_file(path)
 
 
