@@ -13,6 +13,7 @@ from pathlib import Path
 from .._logging import get_logger
 from ..extraction.dist import DistContext, dist_env, init_distributed, resolve_device
 from ..extraction.errors import ExtractionError
+from ..extraction.model import _MODEL_CACHE as _MODEL_CACHE  # the same dict: clearing it here clears it there
 from ..extraction.model import LoadedModel, autocast, build_model, compute_dtype, state_dict_digest
 from ..extraction.options import DEFAULT_MODEL, library_version, parse_model_kwargs, weights_identity
 from ..extraction.runners import format_seconds
