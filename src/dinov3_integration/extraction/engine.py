@@ -318,7 +318,11 @@ class Extraction:
         from ..data.loader import InputDataset, ShapeBatcher, make_loader
 
         dataset = InputDataset(todo, self.spec)
-        loader = make_loader(dataset, num_workers=self.args.num_workers, pin_memory=self.device.type == "cuda")
+        # Two batches of images decoded ahead, so a batch never waits for decoding (clips: 4 per worker, as before).
+        ahead = 4 * max(1, self.args.num_workers) if self.args.aggregate else 2 * self.args.batch_size
+        loader = make_loader(
+            dataset, num_workers=self.args.num_workers, pin_memory=self.device.type == "cuda", prefetch_items=ahead
+        )
         pending: dict[int, _Pending] = {}
         batcher = ShapeBatcher(self.args.batch_size)
         for loaded in loader:
@@ -422,9 +426,15 @@ class Extraction:
         self.progress.update(failed=True)
 
     def _submit(self, pool: ThreadPoolExecutor, done: Computed) -> None:
+        """Queue one write; wait only when more than two batches of outputs are still being written.
+
+        A batch finishes ``--batch-size`` outputs at once: a smaller bound (it was 8) made the model wait for the
+        writes (each ends with an fsync) after every batch.
+        """
         self._futures.append((pool.submit(self.write, done.item, done.loaded, done.tensors), done.item, done.loaded))
-        while len(self._futures) > 8:
-            self._drain(block=True, limit=len(self._futures) - 8)
+        backlog = max(8, 2 * self.args.batch_size)
+        while len(self._futures) > backlog:
+            self._drain(block=True, limit=len(self._futures) - backlog)
 
     def _drain(self, *, block: bool, limit: int | None = None) -> None:
         kept = []
