@@ -185,3 +185,105 @@ def test_a_custom_sink_is_written_and_resumed_through_the_interface(inputs: Path
     assert all(torch.equal(sink.store["sub/c.png"][0][k], v) for k, v in result.tensors.items())
     report = run_job(make_options([inputs / "imgs/sub"], tmp_path / "o", **API), sink=sink)
     assert report.counts["cached"] == 1 and sink.finds >= 1
+
+
+# ------------------------------------------------------------------------------------ issue 15 item 2: the rerun
+RERUN = """
+import json, sys
+from dinov3_integration.cli.main import main
+rc = main(sys.argv[1:])
+print(json.dumps({"rc": rc, "loaded": sorted(m for m in ("torch", "torchvision", "safetensors") if m in sys.modules)}))
+"""
+
+
+def _subprocess_main(args: list[str]) -> dict[str, Any]:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run([sys.executable, "-c", RERUN, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "stderr": proc.stderr}
+
+
+def _statuses(out: Path) -> list[str]:
+    return [json.loads(line)["status"] for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_15_2_complete_rerun_imports_no_torch_and_changes_are_redone(tmp_path: Path) -> None:
+    import os
+
+    from safetensors.torch import save_file
+
+    from dinov3_integration.models import create_model
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in create_model("dinov3_vits16", **TINY_KW).state_dict().items()}, ckpt)
+    rng = np.random.default_rng(5)
+    images = []
+    for i in range(3):
+        images.append(tmp_path / "in" / f"{i}.png")
+        images[-1].parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images[-1])
+    out = tmp_path / "out"
+    base = ["extract", str(tmp_path / "in"), "--out", str(out), "--weights", str(ckpt), *CLI[1:7]]
+    assert main(base) == 0 and _statuses(out) == ["ok"] * 3
+    manifest = (out / "manifest.jsonl").read_bytes()
+
+    rerun = _subprocess_main(base)  # a fresh process, as a user reruns the command
+    assert rerun["rc"] == 0 and rerun["loaded"] == [], rerun  # no torch, torchvision, not even safetensors
+    assert "3 inputs: 0 written, 3 already complete, 0 failed" in rerun["stderr"]
+    assert (out / "manifest.jsonl").read_bytes() == manifest.replace(b'"ok"', b'"cached"')  # a cached run's records
+
+    # A changed input: only it is redone (the model is built).
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images[1])
+    assert main(base) == 0 and _statuses(out) == ["cached", "ok", "cached"]
+    # A changed setting: every output redone.
+    assert main([*base, "--layers", "0"]) == 0 and _statuses(out) == ["ok"] * 3
+    assert set(read_features(out / "in/0.png.safetensors")[0]) == {"cls.0", "patch.0"}
+    # Weights rewritten in place with the same size and time: redone.
+    st = ckpt.stat()
+    raw = bytearray(ckpt.read_bytes())
+    raw[-2] ^= 0x40
+    ckpt.write_bytes(bytes(raw))
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert main([*base, "--layers", "0"]) == 0 and _statuses(out) == ["ok"] * 3
+    again = _subprocess_main([*base, "--layers", "0"])
+    assert again["loaded"] == [] and _statuses(out) == ["cached"] * 3
+    # A damaged output behind an intact header is found without torch too, and redone.
+    path = out / "in/2.png.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert main([*base, "--layers", "0"]) == 0 and _statuses(out) == ["cached", "cached", "ok"]
+
+
+def test_raw_checksum_equals_the_tensor_checksum(tmp_path: Path) -> None:
+    """verify_features hashes the file's bytes without torch; it must agree with tensors_digest, every dtype."""
+    from dinov3_integration.features import FeatureFileError, tensors_digest, verify_features, write_features
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "f32": torch.randn(3, 4, generator=g),
+        "bf16": torch.randn(5, generator=g).to(torch.bfloat16),
+        "f16": torch.randn(2, 2, generator=g).half(),
+        "f64": torch.randn(3, generator=g).double(),
+        "i64": torch.arange(4),
+        "u8": torch.arange(6, dtype=torch.uint8).reshape(2, 3),
+        "bool": torch.tensor([True, False]),
+        "empty": torch.zeros(0, 8),
+        "scalar": torch.tensor(2.5),
+    }
+    path = tmp_path / "x.safetensors"
+    write_features(path, tensors, {"source": "x"})
+    assert verify_features(path)["data_digest"] == tensors_digest(tensors)
+    raw = path.read_bytes()
+    for name, damaged in {"cut": raw[:-3], "trailing": raw + b"\0", "header": raw[:20]}.items():
+        path.write_bytes(damaged)
+        with pytest.raises(FeatureFileError):
+            verify_features(path)
+        assert name

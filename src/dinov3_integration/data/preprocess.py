@@ -26,7 +26,6 @@ Both steps are bit-identical to the README transform on the CPU.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +35,7 @@ from torchvision.transforms.v2 import functional as tvF
 
 from ..models import normalization_for
 from ..utils import normalization as _norm
+from .resolution import Resolution, parse_resolution  # noqa: F401  (re-exported: its old home)
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 MAX_LONG_SIDE = 8192
@@ -47,44 +47,6 @@ SCALE_RULE = (
 
 class ImageModeError(ValueError):
     """An image whose pixel values have no known scale (e.g. a float image outside [0, 1])."""
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """A resize request: ``short_side`` (keep the aspect ratio) or a fixed ``(height, width)``."""
-
-    short_side: int | None = None
-    size: tuple[int, int] | None = None
-
-    def __str__(self) -> str:
-        if self.short_side is not None:
-            return str(self.short_side)
-        assert self.size is not None
-        return f"{self.size[0]}x{self.size[1]}"
-
-
-def parse_resolution(text: str | int) -> Resolution:
-    """``"256"`` -> short side 256; ``"480x640"`` -> fixed height 480, width 640.
-
-    Raises:
-        ValueError: with the accepted forms, for anything else.
-    """
-    if isinstance(text, int):
-        value = text
-    else:
-        s = str(text).strip().lower()
-        m = re.fullmatch(r"(\d+)\s*[x,]\s*(\d+)", s)
-        if m:
-            h, w = int(m.group(1)), int(m.group(2))
-            if h <= 0 or w <= 0:
-                raise ValueError(f"resolution {text!r} must be positive")
-            return Resolution(size=(h, w))
-        if not s.isdigit():
-            raise ValueError(f"resolution {text!r} is not understood: use a short side like 256 or HxW like 480x640")
-        value = int(s)
-    if value <= 0:
-        raise ValueError(f"resolution {text!r} must be positive")
-    return Resolution(short_side=value)
 
 
 def _round_to(value: float, multiple: int) -> int:

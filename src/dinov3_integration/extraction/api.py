@@ -25,7 +25,7 @@ PathLike = str | os.PathLike[str]
 
 
 def _resolution(text: str) -> Any:
-    from ..data.preprocess import parse_resolution
+    from ..data.resolution import parse_resolution
 
     try:
         return parse_resolution(text)
