@@ -127,20 +127,9 @@ def create_model(
     if resolved is not None:
         target = None if device is None or torch.device(device).type == "meta" else device
         load_pretrained(model, resolved, periods=rope_periods, device=target)  # type: ignore[arg-type]
-        _check_materialised(model)
         if model.weights_tag is None:
             model.weights_tag = tag or (SAT_TAG if arch_tag == SAT_TAG else None)
     return timm_options.finish(model.eval())
-
-
-def _check_materialised(model: torch.nn.Module) -> None:
-    """Every parameter and buffer got real memory from the weights (a non-persistent buffer would not: a bug)."""
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:
-        raise RuntimeError(
-            f"create_model left {len(left)} tensors on the meta device after loading ({', '.join(left[:4])}): "
-            "tensors that are not in the state dict must be initialised after the meta build. Please report this."
-        )
 
 
 def _make_hub_function(model_name: str, *, released: bool) -> Callable[..., DinoVisionTransformer]:

@@ -4,11 +4,13 @@
 (:mod:`.formats`), fills in what other layouts cannot hold, checks them against the model with the one mismatch
 reporter (:mod:`.mismatch`) and loads them strictly. A model built on the ``meta`` device is loaded with
 ``assign=True`` (no random initialisation ever happens): every tensor is then cast to the model's dtype and put on
-``device``.
+``device``. :func:`assign_state_dict` is that step on its own, for every model built on ``meta`` (the ViT, the
+Aggregator, the integrated model).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -24,7 +26,14 @@ from .resolved import LoadResult, ResolvedWeights
 
 log = get_logger("hub")
 
-__all__ = ["TRAINING_ONLY_PREFIXES", "convert_resolved", "load_pretrained", "needs_satellite_layout"]
+__all__ = [
+    "TRAINING_ONLY_PREFIXES",
+    "assign_state_dict",
+    "buffer_device",
+    "convert_resolved",
+    "load_pretrained",
+    "needs_satellite_layout",
+]
 
 TRAINING_ONLY_PREFIXES = ("dino_head.", "ibot_head.")
 """Keys of training heads that training checkpoints carry next to the backbone; never part of the model."""
@@ -61,17 +70,77 @@ def load_pretrained(
         log.warning("not loading %s: its shape or kind differs from the model's", key)
         del state_dict[key]
     if on_meta:
-        target = torch.device("cpu") if device is None else torch.device(device)
-        state_dict = {
-            k: v.to(device=target, dtype=expected[k].dtype).contiguous() if k in expected else v
-            for k, v in state_dict.items()
-        }
-    result = model.load_state_dict(state_dict, strict=strict, assign=on_meta)
+        result = assign_state_dict(model, state_dict, strict=strict, device=device, owner="create_model")
+    else:
+        result = model.load_state_dict(state_dict, strict=strict)
     if resolved.tag is not None:
         model.weights_tag = resolved.tag  # type: ignore[assignment]
     model.weights_source = resolved.source  # type: ignore[assignment]
     log.debug("loaded %d tensors into %s from %s", len(state_dict), _model_name(model), resolved.source)
     return LoadResult(list(result.missing_keys), list(result.unexpected_keys))
+
+
+def assign_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    strict: bool = True,
+    device: torch.device | str | None = None,
+    owner: str = "loading",
+    own: Mapping[str, Tensor] | None = None,
+) -> Any:
+    """Load ``state_dict`` into ``model`` built on the ``meta`` device: ``load_state_dict(assign=True)``.
+
+    No random initialisation and no copy: each tensor is cast to the dtype of the model's tensor of the same name
+    and put on ``device`` (default CPU), which is free when it already is (a memory-mapped ``.pth`` stays backed by
+    its file). Each parameter keeps its ``requires_grad``. Tensors the model already holds on a real device (a
+    submodule passed in built) are copied into instead. Tensors the state dict does not hold (non-persistent
+    buffers, which the model builds on a real device: :func:`buffer_device`) are moved to ``device`` too. The
+    caller checks the keys first (with ``strict=False`` a missing tensor would stay on ``meta``, which raises
+    here). ``own``: ``model.state_dict(keep_vars=True)``, when the caller has it already.
+
+    Returns:
+        ``load_state_dict``'s ``(missing_keys, unexpected_keys)``.
+
+    Raises:
+        RuntimeError: a parameter or buffer is still on the ``meta`` device afterwards (names the first ones).
+    """
+    target = torch.device("cpu") if device is None else torch.device(device)
+    own = model.state_dict(keep_vars=True) if own is None else own
+    tensors: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        mine = own.get(key)
+        if mine is None or (not mine.is_meta and mine.shape != value.shape):
+            tensors[key] = value  # load_state_dict reports it
+        elif mine.is_meta:
+            tensors[key] = value.to(device=target, dtype=mine.dtype).contiguous()
+        else:  # already real (a submodule passed in built): copied into, as load_state_dict does
+            with torch.no_grad():
+                mine.copy_(value)
+            tensors[key] = mine
+    result = model.load_state_dict(tensors, strict=strict, assign=True)
+    left = []
+    for prefix, module in model.named_modules():
+        left += [f"{prefix}.{n}".lstrip(".") for n, t in module._parameters.items() if t is not None and t.is_meta]
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.is_meta:
+                left.append(f"{prefix}.{name}".lstrip("."))
+            elif buffer is not None and buffer.device != target:
+                module._buffers[name] = buffer.to(target)
+    if left:
+        raise RuntimeError(
+            f"{owner} left {len(left)} tensors on the meta device after loading ({', '.join(left[:4])}): "
+            "tensors that are not in the state dict must be initialised after the meta build. Please report this."
+        )
+    return result
+
+
+def buffer_device(device: torch.device | str | None) -> torch.device:
+    """Where a model built on ``device`` puts the tensors no state dict holds (non-persistent buffers such as its
+    input normalisation): ``device`` (default: the current default device), or the CPU for ``meta``, so that a
+    model built on ``meta`` and loaded with :func:`assign_state_dict` has them with their values."""
+    target = torch.get_default_device() if device is None else torch.device(device)
+    return torch.device("cpu") if target.type == "meta" else target
 
 
 def needs_satellite_layout(spec: ModelSpec, resolved: ResolvedWeights) -> bool:

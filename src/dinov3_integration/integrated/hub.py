@@ -3,8 +3,8 @@
 The folder holds ``config.json`` (the model's full configuration, ``to_config().to_dict()``) and
 ``model.safetensors`` (every tensor of the backbone and the Aggregator). ``from_pretrained`` builds the model from
 the configuration without loading any weights (a weight tag keeps selecting the architecture, e.g. ``sat493m``; a
-weights file or URL in the configuration is dropped: the folder's tensors replace it) and loads the tensors with
-``strict=True``.
+weights file or URL in the configuration is dropped: the folder's tensors replace it) on the ``meta`` device and
+loads the tensors with ``strict=True, assign=True`` (no random initialisation, no copy).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from ..hub.loading import assign_state_dict
 from ..models.hf_api import LIBRARY, WEIGHTS_NAME, HubMixin, read_saved_folder
 from ..models.specs import WEIGHT_TAGS
 
@@ -55,7 +56,7 @@ class IntegratedHubMixin(HubMixin):
         backbone["pretrained"] = False
         if backbone.get("weights") not in WEIGHT_TAGS:
             backbone["weights"] = None
-        model = cls.from_config(config, device=device)  # type: ignore[attr-defined]
+        model = cls.from_config(config, device="meta")  # type: ignore[attr-defined]  # no random init
         state = load_file(str(folder / WEIGHTS_NAME), device="cpu" if device is None else str(torch.device(device)))
-        model.load_state_dict(state, strict=True)
+        assign_state_dict(model, state, strict=True, device=device, owner=f"{cls.__name__}.from_pretrained")
         return model.eval()

@@ -32,6 +32,7 @@ from .._logging import get_logger
 from ..config.loader import load_config
 from ..config.schema import DINOv3Config, Origins, ResolvedArchitecture, config_from_dict, validate_config
 from ..factory import create_model
+from ..hub.loading import buffer_device
 from ..models import DinoVisionTransformer
 from ..utils.indices import resolve_layer_indices
 from ..utils.normalization import normalize
@@ -146,8 +147,9 @@ class DINOv3IntegratedModel(IntegratedHubMixin, nn.Module):
                 bb.weights,
             )
         mean, std = backbone_normalization(backbone)
-        self.register_buffer("mean", torch.tensor(mean, device=device).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, device=device).view(3, 1, 1), persistent=False)
+        real = buffer_device(device)  # in no state dict: real even for a meta build (from_pretrained)
+        self.register_buffer("mean", torch.tensor(mean, device=real).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, device=real).view(3, 1, 1), persistent=False)
         self.aggregator: Aggregator | None = None
         if agg.enabled:
             self.aggregator = build_aggregator(

@@ -40,11 +40,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .._logging import get_logger
+from ..hub.loading import buffer_device
 from ..utils.normalization import normalize
 from .checkpoint import (
     StateDictMismatchError,
     VGGTLoadResult,
     extract_aggregator_state_dict,
+    fits_meta_build,
     load_aggregator_weights,
     read_vggt_checkpoint,
 )
@@ -58,7 +60,7 @@ from .inputs import (
 )
 from .layers.block import Block
 from .outputs import LayerOutputs, resolve_output_layers, write_half
-from .patch_embeds import build_patch_embed, checkpointing_backbone
+from .patch_embeds import build_patch_embed, checkpointing_backbone, new_patch_proj
 from .rope import PositionGetter, RotaryPositionEmbedding2D
 
 __all__ = ["Aggregator"]
@@ -179,9 +181,7 @@ class Aggregator(nn.Module):
             self.patch_embed.mask_token.requires_grad_(False)  # unused by the Aggregator (as VGGT)
         self.patch_proj: nn.Linear | None = None
         if pe.width != embed_dim:
-            self.patch_proj = nn.Linear(pe.width, embed_dim)
-            nn.init.trunc_normal_(self.patch_proj.weight, std=0.02)
-            nn.init.zeros_(self.patch_proj.bias)
+            self.patch_proj = new_patch_proj(pe.width, embed_dim)
             log.info("patch embedding width %d != embed_dim %d: adding a patch_proj Linear", pe.width, embed_dim)
 
         self.rope = RotaryPositionEmbedding2D(frequency=rope_freq) if rope_freq > 0 else None
@@ -200,8 +200,9 @@ class Aggregator(nn.Module):
         nn.init.normal_(self.camera_token, std=1e-6)
         nn.init.normal_(self.register_token, std=1e-6)
 
-        self.register_buffer("_resnet_mean", torch.tensor(pe.mean).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("_resnet_std", torch.tensor(pe.std).view(1, 1, 3, 1, 1), persistent=False)
+        real = buffer_device(None)  # in no state dict: real (the CPU) in a meta build, which from_vggt loads
+        self.register_buffer("_resnet_mean", torch.tensor(pe.mean, device=real).view(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("_resnet_std", torch.tensor(pe.std, device=real).view(1, 1, 3, 1, 1), persistent=False)
 
         self.output_layers = output_layers
         resolve_output_layers(output_layers, depth)  # validate now
@@ -450,11 +451,18 @@ class Aggregator(nn.Module):
             **kwargs: constructor arguments (defaults: VGGT-1B's Aggregator).
 
         Returns:
-            The Aggregator in eval mode.
+            The Aggregator in eval mode. It is built on the ``meta`` device and loaded with ``assign=True`` (no random
+            initialisation, no copy; a ``patch_proj`` the checkpoint lacks is initialised afterwards), except with
+            ``strict=False`` when the checkpoint lacks tensors: then it is built on the CPU and they keep their init.
         """
         state_dict = read_vggt_checkpoint(source, revision=revision)
-        model = cls(patch_embed_weights=patch_embed_weights, **kwargs)
-        model.load_vggt_state_dict(state_dict, strict=strict, skip_patch_embed=patch_embed_weights is not None)
+        skip = patch_embed_weights is not None
+        with torch.device("meta"):  # DINOv3 patch_embed_weights still load, on the CPU (patch_embeds)
+            model = cls(patch_embed_weights=patch_embed_weights, **kwargs)
+        if not strict and not fits_meta_build(model, state_dict, skip_patch_embed=skip):
+            model = cls(patch_embed_weights=patch_embed_weights, **kwargs)
+        load_aggregator_weights(model, state_dict, patch_embed_kind=model.patch_embed_kind, strict=strict,
+                                skip_patch_embed=skip, device=device)  # fmt: skip
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=dtype)
         return model.eval()

@@ -17,13 +17,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from .._logging import get_logger
 from ..hub.checkpoint_io import load_state_dict_file, unwrap_state_dict
 from ..hub.download import hf_download
 from ..hub.errors import WeightsMismatchError
+from ..hub.loading import assign_state_dict
 from ..hub.mismatch import StateDictMismatch, compare_state_dicts
+from .patch_embeds import new_patch_proj
 
 __all__ = [
     "BackboneFamilyError",
@@ -31,6 +34,7 @@ __all__ = [
     "VGGTLoadResult",
     "VGGT_WEIGHT_FILES",
     "extract_aggregator_state_dict",
+    "fits_meta_build",
     "load_aggregator_weights",
     "mismatch_message",
     "patch_embed_family",
@@ -193,19 +197,56 @@ def load_aggregator_weights(
     patch_embed_kind: str,
     strict: bool = True,
     skip_patch_embed: bool = False,
+    device: torch.device | str | None = None,
 ) -> VGGTLoadResult:
     """Load VGGT weights (full VGGT or Aggregator-only keys) into the Aggregator ``module``.
 
     ``patch_proj.*`` may be absent (a new layer, left at its init). With ``skip_patch_embed`` the checkpoint's
     ``patch_embed.*`` entries are ignored. ``patch_embed_kind`` is the module's backbone family (``"conv"``,
-    ``"dinov2"``, ``"dinov3"`` or ``"module"``).
+    ``"dinov2"``, ``"dinov3"`` or ``"module"``). A module built on the ``meta`` device is loaded with
+    ``assign=True`` (:func:`~dinov3_integration.hub.loading.assign_state_dict`; its tensors go to ``device``,
+    default CPU) and an absent ``patch_proj`` is then initialised for real.
 
     Raises:
         BackboneFamilyError: the checkpoint's patch embedding is of another family (whatever ``strict`` says).
         StateDictMismatchError: with ``strict``, when keys are missing, unexpected or of the wrong shape (all listed
             by name). Without ``strict`` they are logged and the rest is loaded.
+        WeightsMismatchError: a module on ``meta`` would keep tensors the checkpoint lacks (build it on a device).
     """
-    own = module.state_dict()
+    own, sd, ignored, optional, report = _plan(module, state_dict, skip_patch_embed)
+    missing, unexpected = report.missing, report.unexpected
+    mismatched = [*report.wrong_shape, *((k, tuple(sd[k].shape), tuple(own[k].shape)) for k, *_ in report.wrong_kind)]
+    found = patch_embed_family(sd)
+    if found is not None and patch_embed_kind in _FAMILY_NAMES and found != patch_embed_kind:
+        raise _family_error(found, patch_embed_kind, missing, unexpected)
+    if any(k.startswith("patch_proj.") for k in own) and "patch_proj." in optional:
+        log.warning("patch_proj is not in the checkpoint (a new layer): it keeps its initialisation; train it")
+    if report:
+        message = mismatch_message(report)
+        if strict:
+            raise StateDictMismatchError(message, missing, unexpected, mismatched)
+        log.warning("%s", message)
+    bad = report.unusable
+    kept = {k: v for k, v in sd.items() if k in own and k not in bad}
+    if any(t.is_meta for t in own.values()):
+        _assign(module, own, kept, device)
+    else:
+        module.load_state_dict(kept, strict=False)
+    return VGGTLoadResult(missing, unexpected, mismatched, ignored)
+
+
+def fits_meta_build(module: nn.Module, state_dict: Mapping[str, Any], *, skip_patch_embed: bool = False) -> bool:
+    """Whether ``state_dict`` holds every tensor of the Aggregator ``module`` with the right shape and kind (an
+    absent ``patch_proj`` excepted, and ``patch_embed`` with ``skip_patch_embed``): a ``meta`` build of it loads."""
+    return not _plan(module, state_dict, skip_patch_embed)[-1]
+
+
+def _plan(
+    module: nn.Module, state_dict: Mapping[str, Any], skip_patch_embed: bool
+) -> tuple[dict[str, Tensor], dict[str, Tensor], list[str], list[str], StateDictMismatch]:
+    """The module's tensors, the checkpoint's Aggregator tensors, the keys ignored, the optional prefixes and the
+    comparison (:func:`~dinov3_integration.hub.mismatch.compare_state_dicts`)."""
+    own = module.state_dict(keep_vars=True)
     sd, ignored = extract_aggregator_state_dict(state_dict)
     if skip_patch_embed:
         dropped = [k for k in sd if k.startswith("patch_embed.")]
@@ -220,22 +261,24 @@ def load_aggregator_weights(
     optional = ["patch_embed."] if skip_patch_embed else []
     if not any(k.startswith("patch_proj.") for k in sd):
         optional.append("patch_proj.")
-    report = compare_state_dicts(sd, own, optional=optional)
-    missing, unexpected = report.missing, report.unexpected
-    mismatched = [*report.wrong_shape, *((k, tuple(sd[k].shape), tuple(own[k].shape)) for k, *_ in report.wrong_kind)]
-    found = patch_embed_family(sd)
-    if found is not None and patch_embed_kind in _FAMILY_NAMES and found != patch_embed_kind:
-        raise _family_error(found, patch_embed_kind, missing, unexpected)
-    if any(k.startswith("patch_proj.") for k in own) and "patch_proj." in optional:
-        log.warning("patch_proj is not in the checkpoint (a new layer): it keeps its initialisation; train it")
-    if report:
-        message = mismatch_message(report)
-        if strict:
-            raise StateDictMismatchError(message, missing, unexpected, mismatched)
-        log.warning("%s", message)
-    bad = report.unusable
-    module.load_state_dict({k: v for k, v in sd.items() if k in own and k not in bad}, strict=False)
-    return VGGTLoadResult(missing, unexpected, mismatched, ignored)
+    return own, sd, ignored, optional, compare_state_dicts(sd, own, optional=optional)
+
+
+def _assign(module: nn.Module, own: Mapping[str, Tensor], kept: dict[str, Tensor], device: Any) -> None:
+    """Load ``kept`` into ``module`` built on ``meta``; a ``patch_proj`` the checkpoint lacks is initialised."""
+    proj = getattr(module, "patch_proj", None)
+    if isinstance(proj, nn.Linear) and proj.weight.is_meta and "patch_proj.weight" not in kept:
+        module.patch_proj = new_patch_proj(proj.in_features, proj.out_features)  # as the constructor does
+    left = [k for k, t in own.items() if t.is_meta and k not in kept and not k.startswith("patch_proj.")]
+    if left:
+        raise WeightsMismatchError(
+            f"this Aggregator is on the meta device and the checkpoint lacks {len(left)} of its tensors "
+            f"({', '.join(left[:4])}{', ...' if len(left) > 4 else ''}): they cannot keep an initialisation. Build "
+            "it on a device (Aggregator(...) without device='meta'); Aggregator.from_vggt(..., strict=False) does."
+        )
+    if module.patch_proj is not proj:
+        own = {k: v for k, v in own.items() if not k.startswith("patch_proj.")}
+    assign_state_dict(module, kept, strict=False, device=device, owner="Aggregator.from_vggt", own=own)
 
 
 def mismatch_message(report: StateDictMismatch) -> str:

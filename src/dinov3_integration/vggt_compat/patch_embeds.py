@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+import torch
 from torch import nn
 
 from .._logging import get_logger
@@ -21,7 +22,14 @@ from ..utils.normalization import IMAGENET_MEAN, IMAGENET_STD
 from .layers.patch_embed import PatchEmbed
 from .layers.vision_transformer import vit_base, vit_giant2, vit_large, vit_small
 
-__all__ = ["DINOV2_PATCH_EMBEDS", "PatchEmbedSpec", "build_patch_embed", "checkpointing_backbone", "is_dinov3_module"]
+__all__ = [
+    "DINOV2_PATCH_EMBEDS",
+    "PatchEmbedSpec",
+    "build_patch_embed",
+    "checkpointing_backbone",
+    "is_dinov3_module",
+    "new_patch_proj",
+]
 
 log = get_logger("vggt_compat")
 
@@ -65,7 +73,9 @@ def build_patch_embed(
     """Build (or describe) the Aggregator's patch embedding; see :class:`~.aggregator.Aggregator` for the arguments.
 
     ``config`` overrides the DINOv2 factory's arguments or ``create_model``'s (DINOv3); ``weights`` (DINOv3 only) is
-    ``create_model``'s ``weights`` with ``pretrained=True`` (``True``: the default weights).
+    ``create_model``'s ``weights`` with ``pretrained=True`` (``True``: the default weights). Modules are built on
+    the current default device; under ``torch.device("meta")`` nothing is allocated or initialised, except that DINOv3
+    weights still load (on the CPU).
     """
     config = dict(config or {})
     if isinstance(patch_embed, nn.Module):
@@ -122,18 +132,31 @@ def _describe_module(
 
 def _build_dinov3(name: str, patch_size: int, config: dict[str, Any], weights: Any) -> PatchEmbedSpec:
     kwargs = dict(config)
+    meta_build = torch.get_default_device().type == "meta"
+    if meta_build:  # create_model builds on meta itself (no init); weights, if any, load for real on the CPU
+        kwargs.setdefault("device", "meta")
     if weights is not None:
         kwargs["pretrained"] = True
         if weights is not True:
             kwargs["weights"] = weights
     else:  # weights load through patch_embed_weights; a tag in the config only selects the architecture
         kwargs.setdefault("pretrained", False)
-    module = create_model(name, **kwargs)
+    with torch.device("cpu") if meta_build else contextlib.nullcontext():
+        module = create_model(name, **kwargs)
     p = int(module.patch_size)
     if p != patch_size and patch_size != VGGT_DEFAULT_PATCH_SIZE:
         log.warning("patch_size=%d ignored: the DINOv3 backbone %s has %d-pixel patches", patch_size, name, p)
     mean, std = normalization_for(getattr(module, "weights_tag", None))
     return PatchEmbedSpec(module, "dinov3", int(module.embed_dim), p, mean, std)
+
+
+def new_patch_proj(width: int, embed_dim: int) -> nn.Linear:
+    """The ``patch_proj`` Linear (``width -> embed_dim``) the Aggregator adds when the widths differ: truncated normal
+    weight (std 0.02), zero bias, on the current default device."""
+    proj = nn.Linear(width, embed_dim)
+    nn.init.trunc_normal_(proj.weight, std=0.02)
+    nn.init.zeros_(proj.bias)
+    return proj
 
 
 @contextlib.contextmanager
