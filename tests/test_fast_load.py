@@ -204,6 +204,16 @@ def test_from_vggt_not_strict_with_missing_tensors_builds_on_the_cpu(tmp_path: P
     assert_same_module(fast, slow.eval())
 
 
+def test_from_vggt_not_strict_with_only_unexpected_keys_stays_fast(tmp_path: Path) -> None:
+    kwargs = AGG_CONFIGS["conv"]
+    path, state = vggt_file(tmp_path, kwargs, ".pt")
+    state["aggregator.frame_blocks.9.mlp.fc1.weight"] = torch.zeros(1)  # unexpected: ignored with strict=False
+    with RandomFills() as fills:
+        fast = Aggregator.from_vggt(state, strict=False, **kwargs)
+    assert fills.random == []
+    assert_same_module(fast, slow_from_vggt(path, **kwargs))
+
+
 def test_meta_aggregator_refuses_to_keep_missing_tensors(tmp_path: Path) -> None:
     kwargs = AGG_CONFIGS["dinov3"]
     _, state = vggt_file(tmp_path, kwargs, ".pt")

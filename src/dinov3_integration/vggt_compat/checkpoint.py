@@ -237,8 +237,10 @@ def load_aggregator_weights(
 
 def fits_meta_build(module: nn.Module, state_dict: Mapping[str, Any], *, skip_patch_embed: bool = False) -> bool:
     """Whether ``state_dict`` holds every tensor of the Aggregator ``module`` with the right shape and kind (an
-    absent ``patch_proj`` excepted, and ``patch_embed`` with ``skip_patch_embed``): a ``meta`` build of it loads."""
-    return not _plan(module, state_dict, skip_patch_embed)[-1]
+    absent ``patch_proj`` excepted, and ``patch_embed`` with ``skip_patch_embed``; unexpected keys do not matter): a
+    ``meta`` build of it loads."""
+    report = _plan(module, state_dict, skip_patch_embed)[-1]
+    return not report.missing and not report.unusable
 
 
 def _plan(
