@@ -182,15 +182,17 @@ def _video_frames(src: str, meta: dict[str, Any], wanted: list[int], size: tuple
     return out
 
 
-def _frame_images(file: str, meta: dict[str, Any], tensors: dict[str, Any], n: int, size: tuple[int, int]):  # noqa: ANN202
-    """``(images, captions)`` for the ``n`` frames of a feature file (images None where the source is missing)."""
-    from ..data.preprocess import load_image, resize_uint8
+def _frame_images(file: str, meta: dict[str, Any], frame_indices: Any, n: int, size: tuple[int, int]):  # noqa: ANN202
+    """``(images, captions)`` for the ``n`` frames of a feature file (images None where the source is missing).
+
+    The sources are decoded and resized by :mod:`dinov3_integration.data.preprocess` (torch and torchvision,
+    imported only when there is a source to show), so the panels are those of the model path."""
 
     interp = (meta.get("preprocessing") or {}).get("interpolation", "bilinear")
     kind, src = meta.get("kind"), str(meta.get("source") or "")
     name = os.path.basename(src) or os.path.basename(file)
     if kind == "video":
-        indices = [int(i) for i in tensors["frame_indices"].tolist()] if "frame_indices" in tensors else list(range(n))
+        indices = [int(i) for i in frame_indices.tolist()] if frame_indices is not None else list(range(n))
         captions = [f"{name} frame {i}" for i in indices]
         try:
             return _video_frames(src, meta, indices, size, interp), captions
@@ -207,6 +209,8 @@ def _frame_images(file: str, meta: dict[str, Any], tensors: dict[str, Any], n: i
         image = None
         if path and os.path.isfile(path):
             try:
+                from ..data.preprocess import load_image, resize_uint8
+
                 image = resize_uint8(load_image(path), size, interp)
             except Exception as exc:
                 log.warning("cannot read %s (%s): drawing the colours only", path, exc)
@@ -217,8 +221,12 @@ def _frame_images(file: str, meta: dict[str, Any], tensors: dict[str, Any], n: i
 def _rows_from_features(
     files: list[str], layer_arg: int | None, failures: list[tuple[str, str]]
 ) -> tuple[list[Row], bool]:
-    """Read ``dinov3 extract`` outputs: one row per image, or per frame of a video / clip."""
-    from ..features import read_features
+    """Read ``dinov3 extract`` outputs: one row per image, or per frame of a video / clip.
+
+    No model and no torch: the file is read by :class:`dinov3_integration.pca.files.FeatureFile` (numpy; only the
+    drawn block), the features stay numpy arrays; torch comes in only to show a source image or video beside them.
+    """
+    from ..pca.files import FeatureFile
 
     rows: list[Row] = []
     random_weights = False
@@ -226,31 +234,42 @@ def _rows_from_features(
         if not os.path.isfile(file):
             raise CLIError(f"--from-features {file!r} does not exist")
         try:
-            tensors, meta = read_features(file)
+            fh = FeatureFile(file)
         except Exception as exc:
             failures.append((file, f"not a readable feature file ({exc})"))
             log.error("skipped %s: not a readable feature file (%s)", file, exc)
             continue
-        layers = sorted(int(k.split(".", 1)[1]) for k in tensors if k.startswith("patch."))
+        meta = fh.metadata
+        layers = sorted(int(k.split(".", 1)[1]) for k in fh.keys if k.startswith("patch."))
         if not layers:
             raise CLIError(
-                f"--from-features {file}: no patch features in it (keys {sorted(tensors)[:6]}); "
-                "extract with --save patch"
+                f"--from-features {file}: no patch features in it (keys {fh.keys[:6]}); extract with --save patch"
             )
         layer = _choose_layer(file, layers, layer_arg, _file_depth(meta))
         random_weights |= str(meta.get("weights", "")).startswith("random")
-        patch = tensors[f"patch.{layer}"].float()
+        patch = fh.get(f"patch.{layer}").astype("float32", copy=False)
         p = int(meta.get("patch_size", 16))
         frames = patch[None] if patch.ndim == 3 else patch  # [T, h, w, D]
         h, w = frames.shape[1:3]
         size = (h * p, w * p)
-        images, captions = _frame_images(file, meta, tensors, frames.shape[0], size)
+        indices = fh.get("frame_indices") if "frame_indices" in fh.keys else None
+        images, captions = _frame_images(file, meta, indices, frames.shape[0], size)
         rows += [Row(images[t], frames[t], size, captions[t]) for t in range(frames.shape[0])]
     return rows, random_weights
 
 
+def _one_blas_thread() -> None:
+    """``--from-features``: numpy's OpenBLAS on one thread (unless ``OPENBLAS_NUM_THREADS`` is set, or numpy is
+    already loaded). The PCA's products are small (``[h*w, D]`` per frame); OpenBLAS's worker threads spin on them,
+    which on a busy machine made them several times slower and twice as costly in CPU time."""
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dinov3 pca``."""
+    if args.from_features:
+        _one_blas_thread()
     from ..pca import RANDOM_WEIGHTS_NOTE, compose_picture, missing_input_panel, pca_colors, render_row, save_png
 
     setup_logging(verbose=getattr(args, "verbose", 0), quiet=args.quiet)

@@ -18,14 +18,22 @@ __all__ = ["LoadedModel", "autocast", "build_model", "compute_dtype", "state_dic
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference plus what identifies its weights."""
+    """A model ready for inference plus what identifies its weights (``digest``: :func:`state_dict_digest`,
+    computed on first use and kept: hashing every weight costs seconds for the large models, and ``dinov3 pca``
+    never asks)."""
 
     model: Any
     name: str
     weights: str
     weights_tag: str | None
-    digest: str
     model_kwargs: dict[str, Any]
+    _digest: str | None = None
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = state_dict_digest(self.model)
+        return self._digest
 
 
 def state_dict_digest(model: Any) -> str:
@@ -84,7 +92,6 @@ def build_model(args: argparse.Namespace, device: Any, *, allow_random: bool | N
         raise ExtractionError(
             f"could not load weights {redact_text(str(args.weights))!r} for {args.model}: {redact_text(str(exc))}"
         ) from exc
-    digest = state_dict_digest(model)  # on the CPU, before the move
     model = model.to(device).eval()
     _MODEL_CACHE.clear()
     _MODEL_CACHE[cache_key] = loaded = LoadedModel(
@@ -92,7 +99,6 @@ def build_model(args: argparse.Namespace, device: Any, *, allow_random: bool | N
         name=getattr(model, "model_name", args.model),
         weights=label,
         weights_tag=getattr(model, "weights_tag", None),
-        digest=digest,
         model_kwargs=kwargs,
     )
     return loaded
