@@ -185,8 +185,8 @@ def _video_frames(src: str, meta: dict[str, Any], wanted: list[int], size: tuple
 def _frame_images(file: str, meta: dict[str, Any], frame_indices: Any, n: int, size: tuple[int, int]):  # noqa: ANN202
     """``(images, captions)`` for the ``n`` frames of a feature file (images None where the source is missing).
 
-    The sources are decoded and resized by :mod:`dinov3_integration.data.preprocess` (torch and torchvision,
-    imported only when there is a source to show), so the panels are those of the model path."""
+    The panels are those of the model path: :func:`dinov3_integration.pca.panels.load_panel` (Pillow and numpy,
+    torch's resize arithmetic) where it can, :mod:`dinov3_integration.data.preprocess` (torch) otherwise."""
 
     interp = (meta.get("preprocessing") or {}).get("interpolation", "bilinear")
     kind, src = meta.get("kind"), str(meta.get("source") or "")
@@ -209,13 +209,23 @@ def _frame_images(file: str, meta: dict[str, Any], frame_indices: Any, n: int, s
         image = None
         if path and os.path.isfile(path):
             try:
-                from ..data.preprocess import load_image, resize_uint8
-
-                image = resize_uint8(load_image(path), size, interp)
+                image = _load_panel(path, size, interp)
             except Exception as exc:
                 log.warning("cannot read %s (%s): drawing the colours only", path, exc)
         images.append(image)
     return images, captions
+
+
+def _load_panel(path: str, size: tuple[int, int], interp: str) -> Any:
+    """One source image as the model path shows it: uint8 ``[3, H, W]``."""
+    from ..pca.panels import load_panel
+
+    panel = load_panel(path, size, interp)
+    if panel is None:  # a 16-bit or float image, or a CPU whose resize kernel only torch knows
+        from ..data.preprocess import load_image, resize_uint8
+
+        panel = resize_uint8(load_image(path), size, interp)
+    return panel
 
 
 def _rows_from_features(
