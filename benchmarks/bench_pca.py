@@ -126,7 +126,7 @@ def bench_vs_forward(args: argparse.Namespace) -> None:
 
     from dinov3_integration.cli._common import build_model
     from dinov3_integration.cli.main import main, parse_args
-    from dinov3_integration.data.preprocess import load_image, normalize, resize_uint8, target_size
+    from dinov3_integration.data.preprocess import load_image, normalize, parse_resolution, resize_uint8, target_size
 
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["pca", str(ASSET), "--out", str(Path(tmp) / "p.png"), "--model", args.model, "--random-weights"]
@@ -134,7 +134,7 @@ def bench_vs_forward(args: argparse.Namespace) -> None:
         loaded = build_model(parse_args(argv), torch.device("cpu"))  # built once: the command reuses it
         model = loaded.model
         image = load_image(ASSET)
-        size = target_size(*image.shape[-2:], parse_args(argv).resolution, model.patch_size)
+        size = target_size(*image.shape[-2:], parse_resolution(str(args.resolution)), model.patch_size)
         from dinov3_integration.data.preprocess import choose_normalization
 
         x = normalize(resize_uint8(image, size), choose_normalization("auto", loaded.weights_tag))[None]

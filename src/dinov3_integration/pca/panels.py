@@ -148,4 +148,4 @@ def load_panel(path: str, size: tuple[int, int], interpolation: str) -> np.ndarr
         if im.mode.startswith("I") or im.mode == "F":
             return None
         rgb = np.asarray(im.convert("RGB"))
-    return np.ascontiguousarray(resize_like_torch(rgb, size, interpolation).transpose(2, 0, 1))
+    return resize_like_torch(rgb, size, interpolation).transpose(2, 0, 1)  # a view: [H, W, 3] in memory

@@ -93,8 +93,9 @@ RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: these colours are not DINOv3 features"
 
 
 def missing_input_panel(size: tuple[int, int]) -> np.ndarray:
-    """A grey uint8 ``[3, H, W]`` panel (numpy) standing in for an input image that cannot be shown."""
-    return np.full((3, *size), 200, dtype=np.uint8)
+    """A grey uint8 ``[3, H, W]`` panel (numpy; ``[H, W, 3]`` in memory) standing in for an input image that
+    cannot be shown."""
+    return np.full((*size, 3), 200, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def caption_strip(
