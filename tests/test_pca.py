@@ -269,15 +269,18 @@ def extracted(tmp_path_factory: pytest.TempPathFactory):
 def test_from_features_picture_equals_the_model_path_and_builds_no_model(extracted, tmp_path, monkeypatch) -> None:
     from PIL import Image
 
-    import dinov3_integration.cli._common as common
+    import dinov3_integration.cli.pca_cmd as pca_cmd
+    import dinov3_integration.extraction.model as extraction_model
     import dinov3_integration.factory as factory
+    import dinov3_integration.models as models
     from dinov3_integration.cli.main import main
 
     def refuse(*args, **kwargs):
         raise AssertionError("pca --from-features built a model")
 
-    monkeypatch.setattr(common, "build_model", refuse)
-    monkeypatch.setattr(factory, "create_model", refuse)
+    for module, name in [(pca_cmd, "build_model"), (extraction_model, "build_model"), (factory, "create_model")]:
+        monkeypatch.setattr(module, name, refuse)
+    monkeypatch.setattr(models, "create_model", refuse, raising=False)
     out = tmp_path / "from_features.png"
     assert main(["pca", "--from-features", str(extracted / "feats" / "photo.png.safetensors"), "--out", str(out)]) == 0
     with Image.open(out) as a, Image.open(extracted / "model.png") as b:
@@ -356,7 +359,7 @@ def test_from_features_runs_without_torch(extracted, tmp_path) -> None:
 def test_build_model_hashes_the_weights_only_when_asked(monkeypatch) -> None:
     import argparse
 
-    import dinov3_integration.cli._common as common
+    import dinov3_integration.extraction.model as common
 
     args = argparse.Namespace(
         model="dinov3_vits16",
