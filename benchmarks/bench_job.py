@@ -30,7 +30,7 @@ tests (timing).
 
 Example::
 
-    python benchmarks/bench_job.py                                   # everything (~10 min on 2 loaded cores)
+    python benchmarks/bench_job.py                                   # everything (35 min on the 2 shared cores at a load of 12)
     python benchmarks/bench_job.py --only pipeline --images 256 --repeats 3 --json results/job.json
 """
 
@@ -256,9 +256,9 @@ def bare_batches(paths: list[Path], batch_size: int, norm: Any) -> list[torch.Te
 
 
 def bench_pipeline_item(args: argparse.Namespace, tmp: Path, weights: Path) -> dict[str, Any]:
-    from dinov3_integration.cli import _common as cli_common
     from dinov3_integration.cli.main import main as dinov3_main
     from dinov3_integration.data.preprocess import NORMALIZATIONS
+    from dinov3_integration.extraction import model as extraction_model
 
     images = tmp / "pipeline_images"
     paths = make_images(images, args.images, tuple(args.image_size))
@@ -274,7 +274,7 @@ def bench_pipeline_item(args: argparse.Namespace, tmp: Path, weights: Path) -> d
     outs = iter(range(10**6))
 
     def extract(folder: Path = images, n: int = args.images) -> None:
-        cli_common._MODEL_CACHE.clear()  # build and hash the model, as a fresh command does
+        extraction_model._MODEL_CACHE.clear()  # build and hash the model, as a fresh command does
         out = tmp / f"pipeline_out_{next(outs)}"
         with contextlib.redirect_stderr(io.StringIO()):
             status = dinov3_main(extract_argv(folder, out, weights, args))
