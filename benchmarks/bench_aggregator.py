@@ -19,12 +19,26 @@ forward with the same weights (proven equal to VGGT's fixtures by ``tests/test_v
 timed interleaved with the others (one run of each in turn, ``--repeats`` rounds), and ``speed`` = VGGT's time /
 this mode's time (issue 18's ratio; the patch embedding is the same module on both sides).
 
+``--cpu-time`` times with ``time.process_time`` (this process's CPU seconds, all threads) instead of the wall clock:
+on a shared, loaded CPU host it counts only this process's work. With ``--reference`` the speed ratio is then the
+median over rounds of the per-round ratio ``vggt time / mode time`` (each round runs every mode once, in turn).
+
+``--breakdown`` times sections of one forward of ours (mode ``all``, the fast path) and of the transcription, one of
+each in turn for ``--repeats`` rounds (median per section): patch embedding (normalisation and special tokens
+included), positions, frame blocks, global blocks (each without its RoPE), RoPE-2D (the rotation of q and k, split by
+frame/global), output assembly (``[B, S, P, 2C]``: our ``write_half`` copies, VGGT's ``torch.cat``), and ``other``
+(the rest: layout reshapes between ``[B * S, P, C]`` and ``[B, S * P, C]``, Python glue). Sections are timed by
+wrapping the functions (instance attributes and module functions; no hooks, which would switch the fast path off);
+on CUDA each section boundary synchronises.
+
 The scaling exponent ``k`` of ``time ~ S^k`` comes from a least-squares fit of ``log time`` on ``log S`` per mode
 (frame attention is linear in S, global attention quadratic in S * P, so ``k`` grows from ~1 towards 2).
 
 Examples::
 
     python benchmarks/bench_aggregator.py --depth 24 --embed-dim 128 --img-size 112          # small CPU run
+    python benchmarks/bench_aggregator.py --depth 2 --embed-dim 1024 --img-size 224 --frames 8 --reference \
+        --cpu-time --threads 1 --breakdown                                                   # issue 18's ratio
     python benchmarks/bench_aggregator.py --device cuda --dtype bfloat16 --embed-dim 1024 --img-size 518 \\
         --patch-embed dinov2_vitl14_reg --frames 2 4 8 16 32 --json
 """
@@ -33,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import statistics
@@ -45,12 +60,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import vggt_reference  # noqa: E402
 from _common import DTYPES, cuda_peak_bytes, profiler_peak_bytes, sync  # noqa: E402
 from vggt_reference import vggt_reference_forward  # noqa: E402
 
 from dinov3_integration.vggt_compat import Aggregator  # noqa: E402
+from dinov3_integration.vggt_compat import aggregator as aggregator_module  # noqa: E402
+from dinov3_integration.vggt_compat.rope import PreparedRope2D, RotaryPositionEmbedding2D  # noqa: E402
 
 VGGT_HEAD_LAYERS = (4, 11, 17, 23)
+CLOCK = time.perf_counter  # --cpu-time: time.process_time
+SECTIONS = ("patch embed", "positions", "frame blocks", "global blocks", "RoPE (frame)", "RoPE (global)",
+            "output assembly", "other")  # fmt: skip
 
 
 def head_layers(depth: int) -> list[int]:
@@ -73,32 +94,161 @@ def measure(agg: Aggregator, x: torch.Tensor, layers, repeats: int) -> dict[str,
     times = []
     for _ in range(repeats):
         sync(device)
-        start = time.perf_counter()
+        start = CLOCK()
         out = run()
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
         del out
     peak = cuda_peak_bytes(run, device) if device.type == "cuda" else profiler_peak_bytes(run)
     return {"time_s": statistics.median(times), "peak_bytes": peak, "kept_bytes": kept}
 
 
 def measure_interleaved(agg: Aggregator, x: torch.Tensor, modes: dict, repeats: int) -> dict[str, dict[str, float]]:
-    """Median time of each mode (and of the ``vggt`` transcription), one run of each in turn per round."""
+    """Median time of each mode (and of the ``vggt`` transcription), one run of each in turn per round, and the
+    median over rounds of the per-round ratio ``vggt time / mode time`` (``speed``)."""
     runs = {mode: (lambda layers=layers: agg(x, output_layers=layers)[0]) for mode, layers in modes.items()}
     runs["vggt"] = lambda: vggt_reference_forward(agg, x)[0]
     times: dict[str, list[float]] = {mode: [] for mode in runs}
+    names = list(runs)
     with torch.inference_mode():
         for fn in runs.values():
             fn()  # warm-up
-        for _ in range(repeats):
-            for mode, fn in runs.items():
+        for r in range(repeats):
+            for mode in names[r % len(names) :] + names[: r % len(names)]:  # rotated order
                 sync(x.device)
-                start = time.perf_counter()
-                out = fn()
+                start = CLOCK()
+                out = runs[mode]()
                 sync(x.device)
-                times[mode].append(time.perf_counter() - start)
+                times[mode].append(CLOCK() - start)
                 del out
-    return {mode: {"time_s": statistics.median(t)} for mode, t in times.items()}
+    return {
+        mode: {
+            "time_s": statistics.median(t),
+            "speed": statistics.median(v / m for v, m in zip(times["vggt"], t)),
+            "rounds_s": t,
+        }
+        for mode, t in times.items()
+    }
+
+
+class SectionTimer:
+    """Self time per named section: a section's time excludes the sections nested in it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.totals: dict[str, float] = {}
+        self._stack: list[float] = []
+
+    def wrap(self, name, fn):
+        """``fn`` timed as section ``name`` (a string, or a function of ``fn``'s arguments returning one)."""
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            label = name(*args, **kwargs) if callable(name) else name
+            sync(self.device)
+            start = CLOCK()
+            self._stack.append(0.0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                sync(self.device)
+                elapsed = CLOCK() - start
+                nested = self._stack.pop()
+                self.totals[label] = self.totals.get(label, 0.0) + elapsed - nested
+                if self._stack:
+                    self._stack[-1] += elapsed
+
+        return timed
+
+
+@contextlib.contextmanager
+def patched(obj, name: str, value):
+    old = obj.__dict__.get(name, None) if not isinstance(obj, type) else obj.__dict__[name]
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        if old is None and not isinstance(obj, type):
+            delattr(obj, name)
+        else:
+            setattr(obj, name, old)
+
+
+def breakdown(agg: Aggregator, x: torch.Tensor, repeats: int) -> dict[str, dict[str, float]]:
+    """Median seconds per section (see the module docstring) of ours (``all``) and of the transcription."""
+    B, S, _, H, W = x.shape
+    P = agg.patch_start_idx + (H // agg.patch_size) * (W // agg.patch_size)
+    timer = SectionTimer(x.device)
+    kind = {"now": "frame"}
+
+    def block_wrapper(label):
+        def enter(fn):
+            def run(*args, **kwargs):
+                kind["now"] = label
+                return fn(*args, **kwargs)
+
+            return timer.wrap(f"{label} blocks", run)
+
+        return enter
+
+    def ref_block_label(block, tokens, *args):
+        kind["now"] = "frame" if tokens.shape[1] == P else "global"
+        return f"{kind['now']} blocks"
+
+    rope_label = lambda *args, **kwargs: f"RoPE ({kind['now']})"  # noqa: E731
+    with contextlib.ExitStack() as stack:
+        enter = stack.enter_context
+        enter(patched(agg, "_embed", timer.wrap("patch embed", agg._embed)))
+        enter(patched(agg, "_positions", timer.wrap("positions", agg._positions)))
+        for label, blocks in (("frame", agg.frame_blocks), ("global", agg.global_blocks)):
+            for block in blocks:
+                enter(patched(block, "forward_fast", block_wrapper(label)(block.forward_fast)))
+                enter(patched(block, "forward", block_wrapper(label)(block.forward)))
+        enter(patched(PreparedRope2D, "rotate_", timer.wrap(rope_label, PreparedRope2D.rotate_)))
+        enter(
+            patched(
+                RotaryPositionEmbedding2D, "rotate_pair", timer.wrap(rope_label, RotaryPositionEmbedding2D.rotate_pair)
+            )
+        )
+        enter(patched(aggregator_module, "write_half", timer.wrap("output assembly", aggregator_module.write_half)))
+        ref = vggt_reference
+        enter(patched(ref, "_embed", timer.wrap("patch embed", ref._embed)))
+        enter(patched(ref, "_positions", timer.wrap("positions", ref._positions)))
+        enter(patched(ref, "_block", timer.wrap(ref_block_label, ref._block)))
+        enter(patched(ref, "_rope2d", timer.wrap(rope_label, ref._rope2d)))
+        enter(patched(ref, "_assemble", timer.wrap("output assembly", ref._assemble)))
+        runs = {"ours": lambda: agg(x)[0], "vggt": lambda: vggt_reference_forward(agg, x)[0]}
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+        with torch.inference_mode():
+            for fn in runs.values():
+                fn()  # warm-up
+            for r in range(repeats):
+                for name in list(runs)[r % 2 :] + list(runs)[: r % 2]:
+                    timer.totals = {}
+                    sync(x.device)
+                    start = CLOCK()
+                    out = runs[name]()
+                    sync(x.device)
+                    total = CLOCK() - start
+                    del out
+                    sections = {k: timer.totals.get(k, 0.0) for k in SECTIONS[:-1]}
+                    sections["other"] = total - sum(sections.values())
+                    sections["total"] = total
+                    rounds[name].append(sections)
+    return {name: {k: statistics.median(s[k] for s in rs) for k in rs[0]} for name, rs in rounds.items()}
+
+
+def print_breakdown(S: int, result: dict[str, dict[str, float]]) -> None:
+    ours, ref = result["ours"], result["vggt"]
+    print(f"breakdown, S = {S} (median seconds per section over the rounds; share of the total)")
+    print(f"{'section':<16} | {'ours (s)':>9} | {'share':>6} | {'vggt (s)':>9} | {'share':>6} | {'vggt / ours':>11}")
+    print("-" * 72)
+    for k in (*SECTIONS, "total"):
+        ratio = ref[k] / ours[k] if ours[k] > 0 else float("nan")
+        print(
+            f"{k:<16} | {ours[k]:>9.4f} | {ours[k] / ours['total']:>6.1%} | {ref[k]:>9.4f} | "
+            f"{ref[k] / ref['total']:>6.1%} | {ratio:>10.2f}x"
+        )
 
 
 def measure_reference(agg: Aggregator, x: torch.Tensor) -> dict[str, float]:
@@ -140,7 +290,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     parser.add_argument("--reference", action="store_true", help="also time VGGT's transcription (mode vggt)")
+    parser.add_argument("--cpu-time", action="store_true", help="time with time.process_time (CPU seconds)")
+    parser.add_argument("--breakdown", action="store_true", help="time sections of ours and of the transcription")
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.cpu_time else time.perf_counter
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,6 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
     autocast = torch.autocast(device.type, dtype=DTYPES[args.autocast]) if args.autocast else contextlib.nullcontext()
 
     records = []
+    breakdowns: dict[int, dict[str, dict[str, float]]] = {}
     with autocast:
         for S in args.frames:
             x = torch.rand(1, S, 3, args.img_size, args.img_size, device=device, dtype=dtype)
@@ -174,7 +329,10 @@ def main(argv: list[str] | None = None) -> dict:
                     r["time_s"] = timed[r["mode"]]["time_s"]
                 records.append({"frames": S, "mode": "vggt", **measure_reference(agg, x), **timed["vggt"]})
                 for r in records[-len(modes) - 1 :]:
-                    r["speed_vs_vggt"] = timed["vggt"]["time_s"] / r["time_s"]
+                    r["speed_vs_vggt"] = timed[r["mode"]]["speed"]
+                    r["rounds_s"] = timed[r["mode"]]["rounds_s"]
+            if args.breakdown:
+                breakdowns[S] = breakdown(agg, x, args.repeats)
 
     fits = {
         mode: fit_exponent(
@@ -197,10 +355,12 @@ def main(argv: list[str] | None = None) -> dict:
             "autocast": args.autocast,
             "threads": torch.get_num_threads(),
             "heads_layers": modes["heads"],
+            "clock": "process_time" if args.cpu_time else "perf_counter",
             "peak_memory": "cuda.max_memory_allocated" if device.type == "cuda" else "torch.profiler tensor bytes",
         },
         "results": records,
         "time_exponent": fits,
+        "breakdown": breakdowns,
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -212,7 +372,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"Aggregator depth={cfg['depth']} embed_dim={cfg['embed_dim']} heads={heads} img={args.img_size} "
         f"(P={cfg['tokens_per_frame']} tokens/frame) patch_embed={args.patch_embed} device={device} "
         f"dtype={args.dtype} autocast={args.autocast} threads={cfg['threads']}; heads mode keeps layers "
-        f"{modes['heads']}; peak = {cfg['peak_memory']}"
+        f"{modes['heads']}; peak = {cfg['peak_memory']}; clock = {cfg['clock']}"
+        + ("; speed = median of per-round ratios" if args.reference else "")
     )
     print(
         f"{'S':>4} | {'mode':<5} | {'time (s)':>9} | {'peak (MiB)':>10} | {'kept (MiB)':>10} | {'peak vs all':>11}"
@@ -236,6 +397,8 @@ def main(argv: list[str] | None = None) -> dict:
         print("time ~ S^k (log-log fit): " + ", ".join(f"{mode}: k = {k:.2f}" for mode, k in fits.items()))
     else:
         print("time ~ S^k: needs at least two different --frames values")
+    for S, result in breakdowns.items():
+        print_breakdown(S, result)
     return report
 
 

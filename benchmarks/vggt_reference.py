@@ -94,14 +94,7 @@ def vggt_reference_forward(agg: nn.Module, images: Tensor) -> tuple[list[Tensor]
     Returns ``(output_list, patch_start_idx)``: ``depth`` tensors ``[B, S, P, 2C]``, as VGGT.
     """
     B, S, C_in, H, W = images.shape
-    images = (images - agg._resnet_mean) / agg._resnet_std
-    images = images.view(B * S, C_in, H, W)
-    patch_tokens = agg.patch_embed(images)
-    if isinstance(patch_tokens, dict):
-        patch_tokens = patch_tokens["x_norm_patchtokens"]
-    camera_token = _slice_expand_and_flatten(agg.camera_token, B, S)
-    register_token = _slice_expand_and_flatten(agg.register_token, B, S)
-    tokens = torch.cat([camera_token, register_token, patch_tokens], dim=1)
+    tokens = _embed(agg, images)
     base = agg.rope.base_frequency if agg.rope is not None else None
     pos = _positions(agg, B, S, H, W, images.device) if base is not None else None
     _, P, C = tokens.shape
@@ -123,6 +116,24 @@ def vggt_reference_forward(agg: nn.Module, images: Tensor) -> tuple[list[Tensor]
                     tokens = _block(agg.global_blocks[global_idx], tokens, p, base)
                     global_idx += 1
                     global_out.append(tokens.view(B, S, P, C))
-        for f, g in zip(frame_out, global_out):
-            output_list.append(torch.cat([f, g], dim=-1))
+        _assemble(output_list, frame_out, global_out)
     return output_list, agg.patch_start_idx
+
+
+def _embed(agg: nn.Module, images: Tensor) -> Tensor:
+    """Normalise, patch-embed and prepend the camera and register tokens: ``[B, S, 3, H, W] -> [B * S, P, C]``."""
+    B, S, C_in, H, W = images.shape
+    images = (images - agg._resnet_mean) / agg._resnet_std
+    images = images.view(B * S, C_in, H, W)
+    patch_tokens = agg.patch_embed(images)
+    if isinstance(patch_tokens, dict):
+        patch_tokens = patch_tokens["x_norm_patchtokens"]
+    camera_token = _slice_expand_and_flatten(agg.camera_token, B, S)
+    register_token = _slice_expand_and_flatten(agg.register_token, B, S)
+    return torch.cat([camera_token, register_token, patch_tokens], dim=1)
+
+
+def _assemble(output_list: list[Tensor], frame_out: list[Tensor], global_out: list[Tensor]) -> None:
+    """VGGT's output assembly: append ``cat(frame, global)`` on the channels, ``[B, S, P, 2C]``, per layer."""
+    for f, g in zip(frame_out, global_out):
+        output_list.append(torch.cat([f, g], dim=-1))

@@ -140,6 +140,10 @@ class Workspace:
         self._owned[id(x)] = x
         return x
 
+    def disown(self, x: Tensor) -> None:
+        """``x`` may no longer be updated in place (someone keeps it now); a no-op for a tensor not owned."""
+        self._owned.pop(id(x), None)
+
     def owns(self, x: Tensor) -> bool:
         """Whether ``x`` itself (not a view or copy of it) was marked with :meth:`own`."""
         return self._owned.get(id(x)) is x

@@ -16,6 +16,8 @@ Differences from VGGT, none of which change a result:
   ``int(positions.max())`` host synchronisation. Without a bound it falls back to VGGT's behaviour.
 - Positions shared by the whole batch (an expanded ``[1, N, 2]`` tensor) are gathered once, not once per sample.
 - :meth:`RotaryPositionEmbedding2D.rotate_pair` rotates q and k with one gather.
+- :meth:`RotaryPositionEmbedding2D.prepare` (the Aggregator's inference fast path): the per-token cos/sin of one
+  positions tensor, gathered once per forward for all blocks, and an in-place rotation (:class:`PreparedRope2D`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 
 from ..layers.rope import rope_rotate_half
 
-__all__ = ["PositionGetter", "RotaryPositionEmbedding2D"]
+__all__ = ["PositionGetter", "PreparedRope2D", "RotaryPositionEmbedding2D"]
 
 _TABLE_GROWTH = 64  # tables are allocated in multiples of this many positions
 
@@ -165,3 +167,67 @@ class RotaryPositionEmbedding2D(nn.Module):
         cs_y = self._gather(positions[..., 0], cos_table, sin_table)
         cs_x = self._gather(positions[..., 1], cos_table, sin_table)
         return self._rotate(q, cs_y, cs_x), self._rotate(k, cs_y, cs_x)
+
+    def prepare(self, positions: Tensor, max_position: int | None = None) -> PreparedRope2D:
+        """The rotation by ``positions`` (``[B, N, 2]``) for one forward pass: see :class:`PreparedRope2D`."""
+        return PreparedRope2D(self, positions, max_position)
+
+
+class PreparedRope2D:
+    """:meth:`RotaryPositionEmbedding2D.forward` by fixed positions, in place, for one forward pass (no autograd).
+
+    The per-token ``(cos, sin)`` of ``positions`` (``[B, N, 2]`` ``(y, x)``) are gathered once per dtype, head
+    width and device, on the first :meth:`rotate_`, and reused by every later call: the Aggregator builds one for the
+    frame and one for the global positions per forward and hands them to all its blocks (nothing outlives the
+    forward). :meth:`rotate_` forms the reference's products in place (bit-identical, see there).
+
+    Args:
+        rope: the module whose frequency tables are used (its base frequency, its cached ``[L, D / 2]`` tables).
+        positions: ``[B, N, 2]`` int64, shared by every tensor rotated (an expanded ``[1, N, 2]`` is gathered once).
+        max_position: exclusive bound of the positions (None: ``positions.max() + 1``, a host sync).
+    """
+
+    def __init__(self, rope: RotaryPositionEmbedding2D, positions: Tensor, max_position: int | None = None) -> None:
+        self.rope = rope
+        self.positions = positions
+        self.max_position = max_position
+        self._tables: dict[tuple[torch.dtype, torch.device, int], tuple[Tensor, Tensor]] = {}
+
+    def tables(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """``(cos, sin)`` for ``tokens`` ``[B, h, N, D]``: each ``[B or 1, 1, N, 2 (y, x), 2 (half), D / 4]``."""
+        key = (tokens.dtype, tokens.device, tokens.size(-1))
+        found = self._tables.get(key)
+        if found is None:
+            cos_table, sin_table = self.rope._tables_for(tokens, self.positions, self.max_position)  # [L, D / 2]
+            positions = self.positions
+            if positions.shape[0] > 1 and positions.stride(0) == 0:
+                positions = positions[:1]  # the same positions for every sample: gather once and broadcast
+            quarter = tokens.size(-1) // 4
+            found = tuple(  # [B', N, 2, D / 2] -> [B', 1, N, 2, 2, D / 4]
+                F.embedding(positions, table).unflatten(-1, (2, quarter))[:, None] for table in (cos_table, sin_table)
+            )
+            self._tables[key] = found
+        return found
+
+    def rotate_(self, tokens: Tensor) -> Tensor:
+        """Overwrite ``tokens`` (``[B, h, N, D]``, any strides, a fresh tensor nobody else holds) with
+        ``rope(tokens, positions)``; returns ``tokens``.
+
+        Per axis (channels ``:D/2`` by ``y``, ``D/2:`` by ``x``) with halves ``[t1 | t2]`` of width ``D / 4``, the
+        reference computes ``[t1 c1 + (-t2) s1 | t2 c2 + t1 s2]``; here the same products are formed, in the same
+        dtype (``(-a) b`` is exactly ``-(a b)`` and ``u + (-v)`` is exactly ``u - v``), so the result is
+        bit-identical, without the reference's three concatenations and with two half-size temporaries. Both axes are
+        rotated together (one view). Needs ``D % 4 == 0`` (as the reference: for other even ``D`` its halves do not
+        match and it raises); otherwise the reference rotation is called.
+        """
+        D = tokens.size(-1)
+        if D % 4 != 0:
+            return tokens.copy_(self.rope(tokens, self.positions, self.max_position))
+        cos, sin = self.tables(tokens)
+        halves = tokens.unflatten(-1, (2, 2, D // 4))  # [B, h, N, axis, half, D / 4], a view
+        t1, t2 = halves[..., 0, :], halves[..., 1, :]
+        t1_s2 = t1 * sin[..., 1, :]
+        t2_s1 = t2 * sin[..., 0, :]
+        t1.mul_(cos[..., 0, :]).sub_(t2_s1)
+        t2.mul_(cos[..., 1, :]).add_(t1_s2)
+        return tokens

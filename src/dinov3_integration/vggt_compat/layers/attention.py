@@ -4,6 +4,12 @@ Both are thin subclasses of the shared :class:`dinov3_integration.layers.SelfAtt
 math): VGGT's constructor signature, its ``forward(x, pos=None)``, and the same keys (``qkv``, ``q_norm``,
 ``k_norm``, ``proj``). The rotation is handed to the shared attention as a callable that rotates the
 ``[B, heads, N, head_dim]`` q and k after ``q_norm`` / ``k_norm``, as VGGT does.
+
+:meth:`Attention.forward_fast` is the Aggregator's eager inference path (called only under a fast
+:class:`~dinov3_integration.layers.fastpath.Plan`): the same numbers (``torch.equal``, tests/test_aggregator_fast.py)
+with q and k normalised in their ``[B, N, h, d]`` layout (so the attention output comes back in that layout and the
+final reshape is free), rotated in place by a :class:`~dinov3_integration.vggt_compat.rope.PreparedRope2D` whose
+tables are gathered once per forward, and ``qkv`` / ``proj`` in the plan's workspace buffers.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from ...layers import fastpath
 from ...layers.attention import SelfAttention
+from ...layers.fastpath import Plan, Role
+from ..rope import PreparedRope2D
 
 __all__ = ["Attention", "MemEffAttention", "XFORMERS_AVAILABLE"]
 
@@ -70,6 +79,30 @@ class Attention(SelfAttention):
         if pair is not None:
             return super().forward(x, rope=lambda q, k: pair(q, k, pos))
         return super().forward(x, rope=lambda q, k: (rope(q, pos), rope(k, pos)))
+
+    def fast_forward_applies(self) -> bool:
+        """Whether :meth:`forward_fast` reproduces :meth:`forward` (exact submodule types, no subclass)."""
+        return type(self) is Attention and self._fast_forward_applies() and self.fused_attn
+
+    def forward_fast(self, x: Tensor, rope: PreparedRope2D | None, plan: Plan) -> Tensor:
+        """:meth:`forward` for eager inference under a fast ``plan``: ``[B, N, C] -> [B, N, C]``, the same numbers.
+
+        ``rope``: the rotation by this call's positions (None: no rotation). Only where
+        :meth:`fast_forward_applies`. The result may be the workspace's ``BRANCH`` buffer (released by the caller,
+        :func:`~dinov3_integration.layers.fastpath.add_residual_`).
+        """
+        B, N, C = x.shape
+        qkv_out = fastpath.linear(plan, self.qkv, x, Role.WIDE)
+        q, k, v = qkv_out.view(B, N, 3, self.num_heads, self.head_dim).unbind(2)  # each [B, N, h, d], views
+        # The per-head norms work row by row: normalising [B, N, h, d] gives the reference's [B, h, N, d] rows.
+        q, k = self.q_norm(q).transpose(1, 2), self.k_norm(k).transpose(1, 2)  # fresh [B, N, h, d], or qkv views
+        if rope is not None:
+            rope.rotate_(q)
+            rope.rotate_(k)
+        out = self._attend(q, k, v.transpose(1, 2))  # [B, h, N, d], laid out as q: [B, N, h, d]
+        fastpath.release(plan, qkv_out)
+        out = out.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(fastpath.linear(plan, self.proj, out, Role.BRANCH))
 
 
 class MemEffAttention(Attention):

@@ -6,7 +6,9 @@
 ``forward(x, pos=None)`` computes ``x = x + ls1(attn(norm1(x), pos=pos))`` then ``x = x + ls2(mlp(norm2(x)))``.
 Stochastic depth is the shared code of :mod:`dinov3_integration.layers.drop_path`. In eager inference the
 residual adds take the library's fast path when :func:`dinov3_integration.layers.fastpath.decide` allows it
-(LayerScale multiply and residual add in the fresh branch output: the same numbers, ``torch.equal``).
+(LayerScale multiply and residual add in the fresh branch output: the same numbers, ``torch.equal``), and the
+Aggregator runs :meth:`Block.forward_fast` (RoPE tables gathered once per forward, rotated in place; the workspace
+buffers and the residual stream updated in place) under the plan it decided once for the whole forward.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from torch import Tensor, nn
 
 from ...layers import fastpath
 from ...layers.drop_path import drop_add_residual_subset
+from ...layers.fastpath import Plan
 from ...layers.layer_scale import LayerScale
+from ..rope import PreparedRope2D
 from .attention import XFORMERS_AVAILABLE, Attention
 from .drop_path import DropPath
 from .mlp import Mlp
@@ -105,6 +109,33 @@ class Block(nn.Module):
             return fastpath.add_residual_(plan, x, branch, self.ls2, fastpath.exact(self.mlp, Mlp))
         x = x + self.drop_path1(self._attn_residual(x, pos))
         return x + self.drop_path2(self._ffn_residual(x))
+
+    def fast_forward_applies(self) -> bool:
+        """Whether :meth:`forward_fast` reproduces :meth:`forward` in eval (exact types of every submodule)."""
+        exact = fastpath.exact
+        return (
+            type(self) in (Block, NestedTensorBlock)
+            and exact(self.norm1, nn.LayerNorm)
+            and exact(self.norm2, nn.LayerNorm)
+            and isinstance(self.attn, Attention)
+            and self.attn.fast_forward_applies()
+            and exact(self.mlp, Mlp)
+            and exact(self.ls1, LayerScale, nn.Identity)
+            and exact(self.ls2, LayerScale, nn.Identity)
+            and exact(self.drop_path1, nn.Identity, DropPath)
+            and exact(self.drop_path2, nn.Identity, DropPath)
+        )
+
+    def forward_fast(self, x: Tensor, rope: PreparedRope2D | None, plan: Plan) -> Tensor:
+        """:meth:`forward` in eager inference under a fast ``plan`` (eval: stochastic depth is off), ``[B, N, C]``.
+
+        ``rope``: the rotation by this call's positions, shared by the blocks of one forward (None: no RoPE). With
+        the plan's workspace owning ``x`` (the Aggregator's residual stream) the sums are written into ``x``.
+        """
+        branch = self.attn.forward_fast(self.norm1(x), rope, plan)
+        x = fastpath.add_residual_(plan, x, branch, self.ls1, True)
+        branch = self.mlp(self.norm2(x))  # Mlp follows the plan (its own fast forward)
+        return fastpath.add_residual_(plan, x, branch, self.ls2, True)
 
 
 def drop_add_residual_stochastic_depth(
