@@ -81,7 +81,8 @@ def head_layers(depth: int) -> list[int]:
     return sorted({round(layer * (depth - 1) / 23) for layer in VGGT_HEAD_LAYERS})
 
 
-def measure(agg: Aggregator, x: torch.Tensor, layers, repeats: int) -> dict[str, float]:
+def measure(agg: Aggregator, x: torch.Tensor, layers, repeats: int, peak: bool = True) -> dict[str, float]:
+    """Median time over ``repeats`` runs (none: only the warm-up), peak bytes (0 without ``peak``), kept bytes."""
     device = x.device
 
     def run():
@@ -99,8 +100,10 @@ def measure(agg: Aggregator, x: torch.Tensor, layers, repeats: int) -> dict[str,
         sync(device)
         times.append(CLOCK() - start)
         del out
-    peak = cuda_peak_bytes(run, device) if device.type == "cuda" else profiler_peak_bytes(run)
-    return {"time_s": statistics.median(times), "peak_bytes": peak, "kept_bytes": kept}
+    peak_bytes = 0
+    if peak:
+        peak_bytes = cuda_peak_bytes(run, device) if device.type == "cuda" else profiler_peak_bytes(run)
+    return {"time_s": statistics.median(times) if times else float("nan"), "peak_bytes": peak_bytes, "kept_bytes": kept}
 
 
 def measure_interleaved(agg: Aggregator, x: torch.Tensor, modes: dict, repeats: int) -> dict[str, dict[str, float]]:
@@ -251,7 +254,7 @@ def print_breakdown(S: int, result: dict[str, dict[str, float]]) -> None:
         )
 
 
-def measure_reference(agg: Aggregator, x: torch.Tensor) -> dict[str, float]:
+def measure_reference(agg: Aggregator, x: torch.Tensor, peak: bool = True) -> dict[str, float]:
     """Peak and kept bytes of the VGGT transcription (its time comes from :func:`measure_interleaved`)."""
 
     def run():
@@ -261,8 +264,10 @@ def measure_reference(agg: Aggregator, x: torch.Tensor) -> dict[str, float]:
     outputs = run()
     kept = sum(o.numel() * o.element_size() for o in outputs)
     del outputs
-    peak = cuda_peak_bytes(run, x.device) if x.device.type == "cuda" else profiler_peak_bytes(run)
-    return {"peak_bytes": peak, "kept_bytes": kept}
+    if not peak:
+        return {"peak_bytes": 0, "kept_bytes": kept}
+    peak_bytes = cuda_peak_bytes(run, x.device) if x.device.type == "cuda" else profiler_peak_bytes(run)
+    return {"peak_bytes": peak_bytes, "kept_bytes": kept}
 
 
 def fit_exponent(frames: list[int], times: list[float]) -> float:
@@ -292,6 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reference", action="store_true", help="also time VGGT's transcription (mode vggt)")
     parser.add_argument("--cpu-time", action="store_true", help="time with time.process_time (CPU seconds)")
     parser.add_argument("--breakdown", action="store_true", help="time sections of ours and of the transcription")
+    parser.add_argument("--no-peak", action="store_true", help="skip the peak-memory runs (peak printed as 0)")
     args = parser.parse_args(argv)
     global CLOCK
     CLOCK = time.process_time if args.cpu_time else time.perf_counter
@@ -321,13 +327,16 @@ def main(argv: list[str] | None = None) -> dict:
         for S in args.frames:
             x = torch.rand(1, S, 3, args.img_size, args.img_size, device=device, dtype=dtype)
             for mode, layers in modes.items():
-                result = measure(agg, x, layers, args.repeats)
+                # with --reference the times come from the interleaved rounds below
+                result = measure(agg, x, layers, 0 if args.reference else args.repeats, not args.no_peak)
                 records.append({"frames": S, "mode": mode, **result})
             if args.reference:
                 timed = measure_interleaved(agg, x, modes, args.repeats)
                 for r in records[-len(modes) :]:
                     r["time_s"] = timed[r["mode"]]["time_s"]
-                records.append({"frames": S, "mode": "vggt", **measure_reference(agg, x), **timed["vggt"]})
+                records.append(
+                    {"frames": S, "mode": "vggt", **measure_reference(agg, x, not args.no_peak), **timed["vggt"]}
+                )
                 for r in records[-len(modes) - 1 :]:
                     r["speed_vs_vggt"] = timed[r["mode"]]["speed"]
                     r["rounds_s"] = timed[r["mode"]]["rounds_s"]

@@ -65,6 +65,7 @@ def assert_identical(fast, reference) -> None:
 def test_fast_path_is_bit_identical(S, H, W, precision, output_layers, fast_calls, monkeypatch):
     monkeypatch.setenv("DINOV3_DEBUG_WORKSPACE", "1")  # dead workspace buffers are NaN: a stale read shows
     agg = tiny()
+    agg.use_workspace = output_layers == "all"  # with and without the shared workspace buffers
     x = images(S, H, W)
     if precision == "bfloat16":
         agg, x = agg.to(torch.bfloat16), x.to(torch.bfloat16)

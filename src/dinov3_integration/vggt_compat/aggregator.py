@@ -51,6 +51,7 @@ from .checkpoint import (
     load_aggregator_weights,
     read_vggt_checkpoint,
 )
+from .fast_forward import blocks_have_fast_forward, keep_half, run_blocks_fast
 from .inputs import (
     check_finite,
     check_sizes,
@@ -60,7 +61,7 @@ from .inputs import (
     warn_if_out_of_range,
 )
 from .layers.block import Block
-from .outputs import LayerOutputs, resolve_output_layers, write_half
+from .outputs import LayerOutputs, resolve_output_layers
 from .patch_embeds import build_patch_embed, checkpointing_backbone, new_patch_proj
 from .rope import PositionGetter, RotaryPositionEmbedding2D
 
@@ -165,9 +166,11 @@ class Aggregator(nn.Module):
         self.pad_output_list = pad_output_list
         self.check_input_range = check_input_range
         self._range_warned = False
-        # Inference fast paths (layers.fastpath; bit-identical): off for this model, or without the workspace buffers.
+        # Inference fast paths (layers.fastpath, vggt_compat.fast_forward; bit-identical): ``use_fast_paths = False``
+        # turns them off for this model; ``use_workspace = True`` adds the shared block buffers (fewer page faults,
+        # but ~2% above VGGT's peak memory with all layers kept, so off by default: benchmarks/README.md).
         self.use_fast_paths = True
-        self.use_workspace = True
+        self.use_workspace = False
 
         pe = build_patch_embed(
             patch_embed,
@@ -295,10 +298,10 @@ class Aggregator(nn.Module):
         tokens = self._embed(images, h * w, chunk, patch_embed_outputs)  # [B * S, P, C]
         positions = self._positions(B, S, h, w, tokens.device)
         outputs: dict[int, Tensor] = {}
-        fast = self.use_fast_paths and self._blocks_have_fast_forward()
+        fast = self.use_fast_paths and blocks_have_fast_forward(self)
         with fastpath.model_scope(self, enabled=fast, workspace=self.use_workspace) as plan:
             if plan.fast:
-                self._forward_fast(tokens, B, S, positions, set(layers), outputs, plan)
+                run_blocks_fast(self, tokens, B, S, positions, set(layers), outputs, plan)
         if not plan.fast:
             self._forward_blocks(tokens, B, S, positions, set(layers), outputs)
         del tokens
@@ -331,50 +334,7 @@ class Aggregator(nn.Module):
                     block_idx[attn_type] += 1
                     layer = step * self.aa_block_size + i
                     if layer in wanted:
-                        _keep_half(outputs, pending, layer, half, tokens.reshape(B, S, P, C))
-
-    def _blocks_have_fast_forward(self) -> bool:
-        """Whether every block is one whose :meth:`~.layers.block.Block.forward_fast` reproduces its forward."""
-        rope_ok = self.rope is None or type(self.rope) is RotaryPositionEmbedding2D
-        blocks = [*self.frame_blocks, *self.global_blocks]
-        return rope_ok and all(isinstance(b, Block) and b.fast_forward_applies() and b.attn.rope is self.rope
-                               for b in blocks)  # fmt: skip
-
-    def _forward_fast(
-        self, tokens: Tensor, B: int, S: int, positions: tuple, wanted: set[int], outputs: dict[int, Tensor],
-        plan: fastpath.Plan,
-    ) -> None:  # fmt: skip
-        """:meth:`_forward_blocks` for eager inference under the fast ``plan`` decided once for this forward.
-
-        The same numbers (``torch.equal``, tests/test_aggregator_fast.py): each positions tensor's RoPE tables are
-        gathered once (:meth:`~.rope.RotaryPositionEmbedding2D.prepare`) for all blocks and rotate q and k in
-        place; the blocks share the workspace buffers and update the residual stream ``tokens`` (fresh from
-        :meth:`_embed`) in place; frame <-> global layouts are views.
-        """
-        pos_frame, pos_global, bound = positions
-        _, P, C = tokens.shape
-        ws = plan.workspace
-        if ws is not None:
-            ws.own(tokens)
-        ropes = {"frame": None, "global": None}
-        if self.rope is not None:
-            ropes = {"frame": self.rope.prepare(pos_frame, bound), "global": self.rope.prepare(pos_global, bound)}
-        shapes = {"frame": (B * S, P, C), "global": (B, S * P, C)}
-        pending: dict[int, tuple[int, Tensor]] = {}
-        block_idx = {"frame": 0, "global": 0}
-        for step in range(self.aa_block_num):
-            for attn_type in self.aa_order:
-                view = tokens.view(shapes[attn_type])  # tokens is contiguous: a free view
-                tokens = ws.own(view, replacing=tokens) if ws is not None and ws.owns(tokens) else view
-                blocks = self.frame_blocks if attn_type == "frame" else self.global_blocks
-                for i in range(self.aa_block_size):
-                    tokens = blocks[block_idx[attn_type]].forward_fast(tokens, ropes[attn_type], plan)
-                    block_idx[attn_type] += 1
-                    layer = step * self.aa_block_size + i
-                    if layer in wanted:
-                        if ws is not None and layer not in pending:
-                            ws.disown(tokens)  # kept until the layer's other half: the next block makes a new one
-                        _keep_half(outputs, pending, layer, int(attn_type == "global"), tokens.view(B, S, P, C))
+                        keep_half(outputs, pending, layer, half, tokens.reshape(B, S, P, C))
 
     def _embed(
         self, images: Tensor, n_patches: int, chunk: int | None, sink: list[dict[str, Tensor]] | None = None
@@ -525,19 +485,3 @@ class Aggregator(nn.Module):
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=dtype)
         return model.eval()
-
-
-def _keep_half(
-    outputs: dict[int, Tensor], pending: dict[int, tuple[int, Tensor]], layer: int, half: int, value: Tensor
-) -> None:
-    """Keep ``value`` (``[B, S, P, C]``) as half ``half`` of layer ``layer``'s output ``[B, S, P, 2C]``.
-
-    The first half waits in ``pending`` (the block output itself, as VGGT keeps it); the ``[B, S, P, 2C]`` tensor is
-    allocated and filled when the second half comes, as VGGT's ``torch.cat``, so no output is held before it must.
-    """
-    first = pending.pop(layer, None)
-    if first is None:
-        pending[layer] = (half, value)
-        return
-    write_half(outputs, layer, first[0], first[1])
-    write_half(outputs, layer, half, value)
