@@ -65,7 +65,7 @@ from _common import DTYPES, cuda_peak_bytes, profiler_peak_bytes, sync  # noqa: 
 from vggt_reference import vggt_reference_forward  # noqa: E402
 
 from dinov3_integration.vggt_compat import Aggregator  # noqa: E402
-from dinov3_integration.vggt_compat import aggregator as aggregator_module  # noqa: E402
+from dinov3_integration.vggt_compat import fast_forward as fast_forward_module  # noqa: E402
 from dinov3_integration.vggt_compat.rope import PreparedRope2D, RotaryPositionEmbedding2D  # noqa: E402
 
 VGGT_HEAD_LAYERS = (4, 11, 17, 23)
@@ -213,7 +213,8 @@ def breakdown(agg: Aggregator, x: torch.Tensor, repeats: int) -> dict[str, dict[
                 RotaryPositionEmbedding2D, "rotate_pair", timer.wrap(rope_label, RotaryPositionEmbedding2D.rotate_pair)
             )
         )
-        enter(patched(aggregator_module, "write_half", timer.wrap("output assembly", aggregator_module.write_half)))
+        ff = fast_forward_module
+        enter(patched(ff, "write_half", timer.wrap("output assembly", ff.write_half)))
         ref = vggt_reference
         enter(patched(ref, "_embed", timer.wrap("patch embed", ref._embed)))
         enter(patched(ref, "_positions", timer.wrap("positions", ref._positions)))
