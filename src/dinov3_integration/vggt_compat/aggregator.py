@@ -20,6 +20,8 @@ Beyond VGGT (none of which changes a VGGT output):
 - ``rope_freq <= 0`` disables RoPE (it crashes in VGGT).
 - The module cast to bfloat16 with bfloat16 inputs works, and so does autocast; the RoPE tables need no host
   synchronisation; outputs are written straight into the concatenated ``[B, S, P, 2C]`` tensors.
+- Eager inference (eval, no autograd, no hooks) runs the blocks' fast path (:mod:`.fast_forward`: RoPE tables
+  gathered once per forward and rotated in place, free layout reshapes), bit-identical to the reference loop.
 - DINOv3 patch embeddings (every ``create_model`` name, with or without ``_reg``): the backbone's
   ``x_norm_patchtokens`` feed the blocks, its patch size sets the RoPE grid, its normalisation constants
   (ImageNet, or satellite for ``sat493m`` weights) are used, and a ``patch_proj`` Linear is added only when its
