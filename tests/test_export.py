@@ -65,3 +65,139 @@ def test_cli_torch_export_has_dynamic_batch_and_grid(tmp_path, tiny, capsys) -> 
         np.testing.assert_allclose(cls.detach().numpy(), want_cls, atol=1e-5, rtol=0)
         np.testing.assert_allclose(patches.detach().numpy(), want_patches, atol=1e-5, rtol=0)
     assert main(["export", "dinov3_vits16", str(tmp_path / "x.onnx"), "--example-size", "30", "48"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ the Aggregator
+AGG_EXPORT = (2, 3, 32, 48)  # (batch, frames, H, W) of the tracing example
+AGG_CHECKS = [(1, 1, 64, 64), (3, 4, 48, 80), (1, 2, 32, 32)]  # none of them the export's batch, frames or size
+AGG_LAYERS = [0, -1]
+
+
+@pytest.fixture(scope="module")
+def tiny_agg() -> torch.nn.Module:
+    from conftest import randomize_
+    from dinov3_integration.vggt_compat import Aggregator
+
+    torch.manual_seed(0)
+    agg = Aggregator(
+        img_size=32, embed_dim=32, depth=2, num_heads=2, n_storage_tokens=2, patch_embed="dinov3_vits16",
+        patch_embed_config={"depth": 1, "embed_dim": 32, "num_heads": 2}, frames_chunk_size=2,
+    )  # fmt: skip
+    return randomize_(agg, std=0.05).eval()
+
+
+def _agg_eager(agg: torch.nn.Module, x: torch.Tensor) -> list[np.ndarray]:
+    with torch.no_grad():
+        out, patch_start_idx = agg(x, output_layers=AGG_LAYERS)
+    assert patch_start_idx == 3
+    return [t.numpy() for t in out]
+
+
+@pytest.fixture(scope="module")
+def agg_program(tiny_agg) -> torch.export.ExportedProgram:
+    """One export of the tiny Aggregator (the slow part), shared by the torch.export and ONNX checks."""
+    from dinov3_integration.export import torch_export
+
+    b, s, h, w = AGG_EXPORT
+    return torch_export(tiny_agg, example_size=(h, w), batch=b, frames=s, layers=AGG_LAYERS)
+
+
+@pytest.mark.slow
+def test_aggregator_torch_export_has_dynamic_batch_frames_and_grid(tmp_path, agg_program, tiny_agg) -> None:
+    from dinov3_integration.export import write_program
+
+    program = torch.export.load(str(write_program(agg_program, tmp_path / "agg.pt2", to="torch-export")))
+    shape = program.graph_module.graph.find_nodes(op="placeholder")[-1].meta["val"].shape
+    assert all(isinstance(d, torch.SymInt) for d in (shape[0], shape[1], shape[3], shape[4]))
+    for b, s, h, w in AGG_CHECKS:
+        x = torch.rand(b, s, 3, h, w, generator=torch.Generator().manual_seed(h + s))
+        *layers, patch_start_idx = program.module()(x)
+        assert int(patch_start_idx) == 3 and len(layers) == 2
+        for got, want in zip(layers, _agg_eager(tiny_agg, x)):
+            assert got.shape == (b, s, 3 + (h // 16) * (w // 16), 64)
+            np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-5, rtol=0)
+    with pytest.raises(Exception, match="images.size"):  # one patch row: outside the exported range (>= 2)
+        program.module()(torch.rand(1, 2, 3, 16, 32))
+    assert tiny_agg.frames_chunk_size == 2 and tiny_agg.check_input_range  # restored after tracing
+
+
+@pytest.mark.slow
+def test_aggregator_onnx_matches_eager_at_other_shapes(tmp_path, agg_program, tiny_agg) -> None:
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    from dinov3_integration.export import exportable, write_program
+
+    names = exportable(tiny_agg, layers=AGG_LAYERS)
+    assert names.output_names == ["aggregated.0", "aggregated.1", "patch_start_idx"]
+    path = write_program(
+        agg_program, tmp_path / "agg.onnx", input_names=names.input_names, output_names=names.output_names,
+        optimize=False,
+    )  # fmt: skip
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert [o.name for o in session.get_outputs()] == names.output_names
+    dims = session.get_inputs()[0].shape
+    assert all(isinstance(d, str) for d in (dims[0], dims[1], dims[3], dims[4]))
+    for b, s, h, w in AGG_CHECKS[:2]:
+        x = torch.rand(b, s, 3, h, w, generator=torch.Generator().manual_seed(h * s))
+        *layers, patch_start_idx = session.run(None, {"images": x.numpy()})
+        assert int(patch_start_idx) == 3
+        for got, want in zip(layers, _agg_eager(tiny_agg, x)):
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_aggregator_traced_positions_equal_the_cached_ones(tiny_agg, monkeypatch) -> None:
+    """The uncached positions of the traced path are the eager (cached) table, value for value."""
+    eager = tiny_agg._positions(2, 3, 4, 5, torch.device("cpu"))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    traced = tiny_agg._positions(2, 3, 4, 5, torch.device("cpu"))
+    assert eager[2] == traced[2] == 6
+    assert all(torch.equal(a, b) for a, b in zip(eager[:2], traced[:2]))
+
+
+def test_cli_aggregate_builds_the_extract_aggregator(tmp_path) -> None:
+    from dinov3_integration.cli import export_cmd
+    from dinov3_integration.cli._common import CLIError
+    from dinov3_integration.integrated import build_aggregator
+
+    parser = __import__("argparse").ArgumentParser()
+    export_cmd.add_parser(parser.add_subparsers())
+    base = ["export", "dinov3_vits16", str(tmp_path / "a.onnx"), "--model-kwargs", "depth=1,embed_dim=32,num_heads=2"]
+    with pytest.raises(CLIError, match="--aggregator-weights .* or --random-aggregator"):
+        export_cmd._model(parser.parse_args([*base, "--aggregate"]))
+    with pytest.raises(CLIError, match="need --aggregate"):
+        export_cmd._model(parser.parse_args([*base, "--random-aggregator"]))
+    args = parser.parse_args(
+        [*base, "--aggregate", "--random-aggregator", "--aggregator-kwargs", "depth=2", "--seed", "3"]
+    )
+    got = export_cmd._model(args)
+    backbone = create_model("dinov3_vits16", depth=1, embed_dim=32, num_heads=2)
+    torch.manual_seed(3)
+    want = build_aggregator(backbone, depth=2)
+    assert got.depth == 2 and not got.training
+    aggregator_keys = [k for k in want.state_dict() if not k.startswith("patch_embed.")]
+    assert all(torch.equal(got.state_dict()[k], want.state_dict()[k]) for k in aggregator_keys)
+    assert main(["export", str(tmp_path), str(tmp_path / "x.onnx")]) == 2  # a folder without config.json
+
+
+def test_cli_exports_a_saved_aggregator_folder(tmp_path, tiny_agg, monkeypatch, capsys) -> None:
+    """MODEL as a save_pretrained folder: the Aggregator it holds is what is exported (export itself stubbed)."""
+    import dinov3_integration.export as export
+
+    seen = {}
+
+    def fake_export_model(model, path, **kwargs):
+        seen.update(model=model, **kwargs)
+        return path
+
+    monkeypatch.setattr(export, "export_model", fake_export_model)
+    folder = tiny_agg.save_pretrained(tmp_path / "saved")
+    argv = ["export", str(folder), str(tmp_path / "a.onnx"), "--layers", "-1", "--frames", "5"]
+    assert main([*argv, "--example-size", "32", "48"]) == 0
+    wrapper = seen["model"]
+    assert isinstance(wrapper, export.ExportableAggregator) and wrapper.layers == [1]
+    assert seen["frames"] == 5 and seen["example_size"] == (32, 48) and seen["to"] == "onnx"
+    assert "outputs aggregated.1, patch_start_idx; dynamic batch, frames" in capsys.readouterr().out
+    sd = wrapper.aggregator.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in tiny_agg.state_dict().items())
+    assert main([*argv, "--weights", "x"]) == 2  # --weights applies to a model name only

@@ -28,7 +28,8 @@ Beyond VGGT (none of which changes a VGGT output):
   width differs from ``embed_dim``.
 
 Companions: :mod:`.patch_embeds` builds the patch embedding, :mod:`.checkpoint` reads VGGT checkpoints and reports
-misfits, :mod:`.inputs` checks inputs and arguments.
+misfits, :mod:`.inputs` checks inputs and arguments, :mod:`.hub` gives ``save_pretrained`` / ``from_pretrained`` /
+``push_to_hub``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from .checkpoint import (
     read_vggt_checkpoint,
 )
 from .fast_forward import blocks_have_fast_forward, keep_half, run_blocks_fast
+from .hub import AggregatorHubMixin
 from .inputs import (
     check_finite,
     check_sizes,
@@ -76,7 +78,7 @@ _REEXPORTED = (StateDictMismatchError, extract_aggregator_state_dict)
 log = get_logger("vggt_compat")
 
 
-class Aggregator(nn.Module):
+class Aggregator(AggregatorHubMixin, nn.Module):
     """Alternating frame/global attention over a batch of image sequences.
 
     Args:
@@ -346,10 +348,11 @@ class Aggregator(nn.Module):
         n = B * S
         frames = images.reshape(n, 3, H, W)
         mean, std = self._resnet_mean.flatten(), self._resnet_std.flatten()  # [3]
-        step = n if not chunk or chunk >= n else int(chunk)
+        # one chunk unless asked (no range() over a symbolic frame count while exporting)
+        starts, step = ([0], n) if not chunk or chunk >= n else (range(0, n, int(chunk)), int(chunk))
         P0 = self.patch_start_idx
         tokens: Tensor | None = None
-        for start in range(0, n, step):
+        for start in starts:
             x = normalize(frames[start : start + step], mean, std)
             patches = self._patch_tokens(x, n_patches, sink)  # [n_chunk, h * w, C]
             if tokens is None:
@@ -385,12 +388,12 @@ class Aggregator(nn.Module):
 
     def _write_special_tokens(self, tokens: Tensor) -> None:
         """Fill the camera and register slots of ``tokens`` ``[B, S, P, C]`` (slot 0 for frame 0, slot 1 after)."""
-        R = self.num_register_tokens
-        tokens[:, :1, :1].copy_(self.camera_token[:, :1])
-        tokens[:, 1:, :1].copy_(self.camera_token[:, 1:])
-        if R:
-            tokens[:, :1, 1 : 1 + R].copy_(self.register_token[:, :1])
-            tokens[:, 1:, 1 : 1 + R].copy_(self.register_token[:, 1:])
+        # Slot 1 into every frame, then slot 0 over frame 0: no ``1:`` slice of the frames, whose size-0/1/2
+        # cases would each become a guard on a symbolic S while exporting.
+        P0 = self.patch_start_idx
+        special = torch.cat((self.camera_token, self.register_token), dim=2)  # [1, 2, P0, C]
+        tokens[:, :, :P0].copy_(special[:, 1:].expand_as(tokens[:, :, :P0]))
+        tokens[:, :1, :P0].copy_(special[:, :1].expand_as(tokens[:, :1, :P0]))
 
     def _positions(
         self, B: int, S: int, h: int, w: int, device: torch.device
@@ -398,17 +401,21 @@ class Aggregator(nn.Module):
         """RoPE positions for frame (``[B * S, P, 2]``) and global (``[B, S * P, 2]``) attention, and their bound.
 
         Special tokens sit at ``(0, 0)`` (no rotation), patches at ``(y + 1, x + 1)``. The tensors are expanded
-        views of one cached ``[P, 2]`` (or ``[S * P, 2]``) table.
+        views of one cached ``[P, 2]`` (or ``[S * P, 2]``) table. While tracing (``torch.export``, ONNX,
+        ``torch.compile``) nothing is cached: the table is computed from the runtime grid (``h``, ``w`` may be
+        symbolic), with the same values.
         """
         if self.rope is None:
             return None, None, None
-        key = (h, w, device)
-        base = self._position_cache.get(key)
-        if base is None:
+        if torch.compiler.is_compiling():
+            y, x = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+            grid = torch.stack((y, x), dim=-1).reshape(-1, 2) + 1  # [h * w, 2], as PositionGetter.grid
+            base = torch.cat([grid.new_zeros(self.patch_start_idx, 2), grid], dim=0)
+        elif (base := self._position_cache.get((h, w, device))) is None:
             with torch.inference_mode(False):  # cached: must also serve later forwards that record autograd
                 grid = self.position_getter.grid(h, w, device) + 1  # [h * w, 2]
                 base = torch.cat([grid.new_zeros(self.patch_start_idx, 2), grid], dim=0)  # [P, 2]
-            self._position_cache[key] = base
+            self._position_cache[(h, w, device)] = base
         P = base.shape[0]
         pos_frame = base.unsqueeze(0).expand(B * S, P, 2)
         pos_global = base.repeat(S, 1).unsqueeze(0).expand(B, S * P, 2)

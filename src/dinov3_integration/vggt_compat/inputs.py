@@ -81,7 +81,8 @@ def validate_images(images: Tensor, patch_size: int) -> Tensor:
         raise TypeError(f"expected floating-point images in [0, 1], got dtype {images.dtype}; use images.float() / 255")
     if images.shape[0] * images.shape[1] == 0:
         raise ValueError(f"got an empty batch of shape {tuple(images.shape)}")
-    check_sides(int(images.shape[-2]), int(images.shape[-1]), patch_size)
+    if not torch.compiler.is_compiling():  # symbolic sides while exporting: the export's Dims are patch multiples
+        check_sides(int(images.shape[-2]), int(images.shape[-1]), patch_size)
     return images
 
 

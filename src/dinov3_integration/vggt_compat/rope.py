@@ -91,7 +91,9 @@ class RotaryPositionEmbedding2D(nn.Module):
         A position beyond the bound is an indexing error, never a silent wrong result.
         """
         previous = self._position_bound
-        self._position_bound = None if max_position is None else int(max_position)
+        if max_position is not None and not isinstance(max_position, torch.SymInt):  # symbolic while exporting
+            max_position = int(max_position)
+        self._position_bound = max_position
         try:
             yield
         finally:
@@ -103,13 +105,16 @@ class RotaryPositionEmbedding2D(nn.Module):
         """``(cos, sin)`` tables ``[L, dim]`` with ``L >= seq_len`` (column ``j`` and ``j + dim / 2`` share a freq)."""
         # The base frequency is part of the key: changing it after a first call must not reuse stale tables.
         key = (dim, device, dtype, float(self.base_frequency))
-        cached = self.frequency_cache.get(key)
+        tracing = torch.compiler.is_compiling()  # traced tables are graph values: computed, never cached
+        cached = None if tracing else self.frequency_cache.get(key)
         if cached is not None and cached[0].shape[0] >= seq_len:
             return cached
-        length = -(-seq_len // _TABLE_GROWTH) * _TABLE_GROWTH
+        # while tracing: exactly seq_len rows (ONNX's integer Div truncates, so the rounding up would give 0 rows)
+        length = seq_len if tracing else -(-seq_len // _TABLE_GROWTH) * _TABLE_GROWTH
         # Tables are constants: build them as normal tensors even under inference_mode so that a later forward
         # with autograd can save them for backward.
-        with torch.inference_mode(False), torch.no_grad():
+        # (while tracing, inference_mode(False) would become a grad-mode region of the graph: not needed, not cached)
+        with contextlib.nullcontext() if tracing else torch.inference_mode(False), torch.no_grad():
             exponents = torch.arange(0, dim, 2, device=device).float() / dim
             inv_freq = 1.0 / (self.base_frequency**exponents)  # [dim / 2], float32
             positions = torch.arange(length, device=device, dtype=inv_freq.dtype)
@@ -117,7 +122,8 @@ class RotaryPositionEmbedding2D(nn.Module):
             angles = angles.to(dtype)  # VGGT's cast order: round the angles first ...
             angles = torch.cat((angles, angles), dim=-1)  # [L, dim]
             cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)  # ... then cos/sin in the token dtype
-        self.frequency_cache[key] = (cos, sin)
+        if not tracing:
+            self.frequency_cache[key] = (cos, sin)
         return cos, sin
 
     def _tables_for(self, tokens: Tensor, positions: Tensor, max_position: int | None) -> tuple[Tensor, Tensor]:
