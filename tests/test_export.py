@@ -201,3 +201,32 @@ def test_cli_exports_a_saved_aggregator_folder(tmp_path, tiny_agg, monkeypatch, 
     sd = wrapper.aggregator.state_dict()
     assert all(torch.equal(v, sd[k]) for k, v in tiny_agg.state_dict().items())
     assert main([*argv, "--weights", "x"]) == 2  # --weights applies to a model name only
+
+
+def test_load_saved_and_exportable_pick_the_graph(tmp_path, tiny) -> None:
+    """A YAML or an integrated-model folder exports its Aggregator; without one, its backbone (a ViT graph)."""
+    import json
+
+    from dinov3_integration.export import ExportableAggregator, ExportableViT, exportable, load_saved
+
+    yaml = tmp_path / "tiny.yaml"
+    yaml.write_text(
+        "model:\n  backbone:\n    dinov3_model: dinov3_vits16\n    img_size: 32\n"
+        "    overrides: {depth: 1, embed_dim: 32, num_heads: 2}\n"
+        "  aggregator:\n    enabled: true\n    depth: 2\n    output_layers: [-1]\n"
+    )
+    model = load_saved(yaml)
+    wrapper = exportable(model)
+    assert isinstance(wrapper, ExportableAggregator) and wrapper.aggregator is model.aggregator
+    assert wrapper.output_names == ["aggregated.1", "patch_start_idx"] and wrapper.input_names == ["images"]
+    again = load_saved(model.save_pretrained(tmp_path / "integrated"))
+    assert exportable(again, layers=[0, 1]).output_names == ["aggregated.0", "aggregated.1", "patch_start_idx"]
+    yaml.write_text(yaml.read_text().replace("enabled: true", "enabled: false"))
+    model = load_saved(yaml)
+    assert isinstance(exportable(model), ExportableViT) and exportable(model).model is model.backbone
+    with pytest.raises(ValueError, match="layers= selects Aggregator outputs"):
+        exportable(tiny, layers=[-1])
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "config.json").write_text(json.dumps({"architectures": ["DINOv3ViTModel"]}))
+    with pytest.raises(ValueError, match="export the model by name with --weights"):
+        load_saved(tmp_path / "foreign")

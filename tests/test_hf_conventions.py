@@ -132,7 +132,9 @@ def test_aggregator_save_pretrained_round_trip(tmp_path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
     vit = config["kwargs"]["patch_embed"]["dinov3_vit"]
-    assert vit["weights_tag"] == "sat493m" and vit["kwargs"]["depth"] == 1 and "patch_embed_config" not in config["kwargs"]
+    assert (
+        vit["weights_tag"] == "sat493m" and vit["kwargs"]["depth"] == 1 and "patch_embed_config" not in config["kwargs"]
+    )
     back = Aggregator.from_pretrained(folder)
     _assert_same_aggregator(agg, back)
     assert back.output_layers == [-1] and back.patch_embed.weights_tag == "sat493m"
