@@ -124,6 +124,8 @@ class ExportableAggregator(nn.Module):
         """``(module, attribute, value while tracing)``: all frames in one pass, no range check, no fast paths."""
         yield self.aggregator, "frames_chunk_size", None
         yield self.aggregator, "check_input_range", False
+        if hasattr(self.aggregator, "use_fast_paths"):
+            yield self.aggregator, "use_fast_paths", False
         if self.aggregator.patch_embed_kind == "dinov3":
             yield self.aggregator.patch_embed, "use_fast_paths", False
 
