@@ -307,7 +307,7 @@ def test_superseded_shards_are_pruned_and_damaged_ones_redone(tmp_path: Path) ->
     raw[-8:] = bytes(8)
     path.write_bytes(bytes(raw))
     scan = scan_shards(tmp_path, verify=["/data/2.png"])
-    assert "/data/2.png" not in scan.rows and shard_name(0, 1) in scan.excluded
+    assert "/data/2.png" not in scan.rows and shard_name(0, 1) in scan.excluded and "/data/2.png" in scan.lost
     assert "/data/0.png" in scan.rows  # shard 2 was not needed for input 2, so not read
     with pytest.raises(ValueError, match="damaged"):
         FeatureShards(tmp_path).verify()

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +104,19 @@ def read_shard(path: str | os.PathLike[str]) -> ShardInfo:
 
 @dataclass
 class ShardScan:
-    """The committed shards of a folder: ``rows`` maps each input to ``(shard file, row)`` of its newest row."""
+    """The committed shards of a folder: ``rows`` maps each input to ``(shard file, row)`` of its newest row.
+
+    ``excluded``: shard file -> why it is not used (an unreadable header, or data that failed :meth:`lookup`'s
+    verification); ``lost``: the inputs that had a row in an excluded shard (their data is not trusted).
+    """
 
     folder: Path
     shards: dict[str, ShardInfo]
     rows: dict[str, tuple[str, int]]
-    excluded: dict[str, str]  # shard file -> why it is not used (unreadable header, damaged data)
+    excluded: dict[str, str]
     superseded: int
+    verified: set[str] = field(default_factory=set)
+    lost: dict[str, str] = field(default_factory=dict)
 
     def record(self, input: str) -> dict[str, Any]:
         """The row record of ``input`` (``input``, ``key``, ``tensors`` slots, residual ``metadata``)."""
@@ -123,8 +129,33 @@ class ShardScan:
         shard = self.shards[file]
         return {**shard.common, **shard.rows[row]["metadata"]}
 
+    def lookup(self, input: str, *, verify: bool = True) -> tuple[str, int] | None:
+        """``(shard file, row)`` of ``input``'s newest row, None when no shard holds it.
+
+        With ``verify``, the shard's data is first checked against its ``data_digest`` (once per shard); a shard
+        that fails is excluded (logged) and the newest row among the remaining shards is taken.
+        """
+        while True:
+            where = self.rows.get(input)
+            if where is None or not verify or where[0] in self.verified:
+                return where
+            try:
+                self.shards[where[0]].verify()
+                self.verified.add(where[0])
+            except ShardFormatError as exc:
+                log.warning("%s; its rows are not used", exc)
+                self.exclude(where[0], str(exc))
+
+    def exclude(self, file: str, error: str) -> None:
+        """Stop using shard ``file`` (its rows' inputs are recorded in :attr:`lost`) and choose the rows again."""
+        info = self.shards.pop(file)
+        self.excluded[file] = error
+        self.lost.update({rec["input"]: error for rec in info.rows})
+        self.rows, self.superseded = newest_rows(self.shards)
+
 
 def newest_rows(shards: Mapping[str, ShardInfo]) -> tuple[dict[str, tuple[str, int]], int]:
+    """Each input's newest row (shards ordered by ``created_ns``, then name) and how many rows are superseded."""
     rows: dict[str, tuple[str, int]] = {}
     total = 0
     for info in sorted(shards.values(), key=lambda s: (s.created_ns, s.file)):
@@ -138,8 +169,8 @@ def scan_shards(folder: str | os.PathLike[str], *, verify: bool | Iterable[str] 
     """Read every shard header of ``folder``; the newest row of each input wins.
 
     ``verify``: ``True`` checks every shard's data against its ``data_digest``; a collection of inputs checks
-    the shards that hold those inputs' rows (what ``--resume`` relies on). A shard that fails is excluded (logged)
-    and the choice is made again without it.
+    the shards that hold those inputs' rows (what ``--resume`` relies on, see :meth:`ShardScan.lookup`). A shard
+    that fails is excluded (logged) and the choice is made again without it.
     """
     root = Path(folder)
     shards: dict[str, ShardInfo] = {}
@@ -150,25 +181,20 @@ def scan_shards(folder: str | os.PathLike[str], *, verify: bool | Iterable[str] 
         except ShardFormatError as exc:
             excluded[name] = str(exc)
             log.warning("%s; its rows are not used", exc)
-    wanted = None if verify is True or verify is False else set(verify)
-    verified: set[str] = set()
-    while True:
-        rows, superseded = newest_rows(shards)
-        if verify is False:
-            break
-        targets = set(shards) if wanted is None else {rows[i][0] for i in wanted if i in rows}
-        todo = sorted(targets - verified)
-        if not todo:
-            break
-        for name in todo:
+    rows, superseded = newest_rows(shards)
+    scan = ShardScan(root, shards, rows, excluded, superseded)
+    if verify is True:
+        for name in sorted(shards):
             try:
                 shards[name].verify()
+                scan.verified.add(name)
             except ShardFormatError as exc:
-                excluded[name] = str(exc)
-                del shards[name]
-                log.warning("%s; its rows are extracted again", exc)
-        verified.update(todo)
-    return ShardScan(root, shards, rows, excluded, superseded)
+                log.warning("%s; its rows are not used", exc)
+                scan.exclude(name, str(exc))
+    elif verify is not False:
+        for input in verify:
+            scan.lookup(input)
+    return scan
 
 
 # ---------------------------------------------------------------------------------------------------------- index

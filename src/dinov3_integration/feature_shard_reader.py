@@ -122,18 +122,27 @@ class FeatureShards:
             ValueError: an input lacks it, or the shapes differ (videos of different lengths: use :meth:`tensors`).
         """
         import torch
+        from safetensors import safe_open
 
-        parts = []
-        for input in self.inputs if inputs is None else inputs:
-            got = self.tensors(input)
-            if tensor not in got:
-                raise ValueError(f"{input!r} has no tensor {tensor!r} (it has {sorted(got)})")
-            parts.append(got[tensor])
-        if not parts:
+        records = [self.row(name) for name in (self.inputs if inputs is None else inputs)]
+        if not records:
             raise ValueError(f"{self.folder} holds no inputs")
-        shapes = {tuple(p.shape) for p in parts}
+        missing = [r["input"] for r in records if tensor not in r["tensors"]]
+        if missing:
+            raise ValueError(
+                f"{missing[0]!r} has no tensor {tensor!r} (it has {sorted(self.row(missing[0])['tensors'])})"
+            )
+        shapes = {tuple(r["tensors"][tensor]["shape"]) for r in records}
         if len(shapes) > 1:
             raise ValueError(f"{tensor!r} has different shapes across inputs ({sorted(shapes)[:3]}...)")
+        flat: dict[str, torch.Tensor] = {}
+        for file in sorted({r["shard"] for r in records}):  # each shard read once
+            with safe_open(os.fspath(self.folder / file), framework="pt") as fh:
+                flat[file] = fh.get_tensor(tensor)
+        parts = []
+        for r in records:
+            slot = r["tensors"][tensor]
+            parts.append(flat[r["shard"]][slot["offset"] : slot["offset"] + slot["length"]].reshape(slot["shape"]))
         return torch.stack(parts)
 
     def verify(self) -> None:
