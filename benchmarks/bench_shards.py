@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         med = {k: statistics.median(v) for k, v in res[kind].items()}
         print(f"{kind:8} {med['wall']:8.2f} {med['cpu']:7.2f} {n:6d} {size / 1e6:8.1f} {med['read']:17.3f}")
     print(f"files/shards, median of per-round ratios: wall {ratio:.1f}x, cpu {ratio_cpu:.1f}x")
-    print(f"shards read with safetensors.numpy + index.json: {statistics.median(numpy_read):.3f} s")
+    print(f"reading the shards with safetensors.numpy + index.json: {statistics.median(numpy_read):.3f} s")
     return 0
 
 

@@ -152,9 +152,14 @@ def test_shard_size_bound(tmp_path: Path) -> None:
     assert sum(size >= bound / 2 for size in sizes.values()) >= len(sizes) - 1 and len(sizes) < 30
     # A row larger than the bound gets a shard of its own.
     big = tmp_path / "big"
-    writer = ShardWriter(big, max_bytes=500)
+    writer = ShardWriter(big, max_bytes=3000)
     committed = writer.add("/big.png", {"cls.1": torch.zeros(1000)}, {"source": "/big.png"})
-    assert committed == [shard_name(0, 0)] and writer.pending == 0
+    assert committed == [shard_name(0, 0)] and writer.pending == 0 and writer.shard_of("/big.png") == shard_name(0, 0)
+    writer.add("/small.png", {"cls.1": torch.zeros(1)}, {"source": "/small.png"})
+    assert writer.shard_of("/small.png") == shard_name(0, 1) and writer.pending == 1  # where it will be committed
+    with pytest.raises(ValueError, match="already in the shard"):
+        writer.add("/small.png", {"cls.1": torch.zeros(1)}, {"source": "/small.png"})
+    assert writer.close() == [shard_name(0, 0), shard_name(0, 1)] and writer.shard_of("/small.png") == shard_name(0, 1)
 
 
 def test_commit_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -311,3 +316,18 @@ def test_superseded_shards_are_pruned_and_damaged_ones_redone(tmp_path: Path) ->
     assert "/data/0.png" in scan.rows  # shard 2 was not needed for input 2, so not read
     with pytest.raises(ValueError, match="damaged"):
         FeatureShards(tmp_path).verify()
+
+
+def test_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/bench_shards.py (figures in benchmarks/README.md) still runs; a tiny size, no timing checked."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_shards
+
+    assert bench_shards.main(["--rows", "12", "--rounds", "1", "--dim", "8", "--shard-size", "2KB"]) == 0
+    out = capsys.readouterr().out
+    files = {
+        line.split()[0]: int(line.split()[3]) for line in out.splitlines() if line.startswith(("files ", "shards "))
+    }
+    assert files["files"] == 12 and 2 < files["shards"] < 12  # several shards of 2 KB, plus index.json

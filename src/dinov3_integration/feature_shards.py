@@ -249,6 +249,8 @@ class ShardWriter:
         self.seq = _next_seq(self.folder).get(self.rank, 0)
         self.committed: list[str] = []
         self._buf = _Buffer()
+        self._placed: dict[str, str] = {}  # input -> the shard it was committed in (by this writer)
+        self._placed_pending: set[str] = set()
         remove_stale_temps(self.folder / shard_name(self.rank, self.seq))
 
     @property
@@ -269,7 +271,7 @@ class ShardWriter:
         Raises:
             ValueError: the input is already buffered, or a tensor has no feature axis.
         """
-        if any(r["input"] == input for r in self._buf.rows):
+        if input in self._placed_pending:
             raise ValueError(f"{input!r} is already in the shard being written")
         units = {name: _units(name, t) for name, t in sorted(tensors.items())}
         meta_json = {k: json.dumps(v, sort_keys=True) for k, v in metadata.items()}
@@ -294,6 +296,7 @@ class ShardWriter:
         self, record: dict[str, Any], units: dict[str, torch.Tensor], meta_json: dict[str, str], cost: _RowCost
     ) -> None:
         buf = self._buf
+        self._placed_pending.add(record["input"])
         buf.rows.append(record)
         buf.units.append(units)
         buf.meta_json.append(meta_json)
@@ -342,10 +345,18 @@ class ShardWriter:
         with atomic_path(self.folder / name, fsync=self.fsync) as tmp:
             save_file(stacked, os.fspath(tmp), metadata=header)
         self.committed.append(name)
+        self._placed.update({row["input"]: name for row in buf.rows})
+        self._placed_pending = set()
         self.seq += 1
         self._buf = _Buffer()
         remove_stale_temps(self.folder / shard_name(self.rank, self.seq))
         return name
+
+    def shard_of(self, input: str) -> str | None:
+        """The shard file ``input``'s row is (or, while buffered, will be) committed in; None if never added."""
+        if input in self._placed_pending:
+            return shard_name(self.rank, self.seq)
+        return self._placed.get(input)
 
     def close(self) -> list[str]:
         """Commit what is buffered; return every shard this writer committed."""
