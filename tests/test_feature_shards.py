@@ -325,9 +325,9 @@ def test_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import bench_shards
 
-    assert bench_shards.main(["--rows", "12", "--rounds", "1", "--dim", "8", "--shard-size", "2KB"]) == 0
+    assert bench_shards.main(["--rows", "12", "--rounds", "1", "--dim", "8", "--shard-size", "8KB"]) == 0
     out = capsys.readouterr().out
     files = {
         line.split()[0]: int(line.split()[3]) for line in out.splitlines() if line.startswith(("files ", "shards "))
     }
-    assert files["files"] == 12 and 2 < files["shards"] < 12  # several shards of 2 KB, plus index.json
+    assert files["files"] == 12 and 2 < files["shards"] < 12  # several shards of 8 KB, plus index.json
