@@ -39,6 +39,8 @@ SUBSTITUTIONS: dict[str, str] = {
     "--save cls,patch --resolution 64 --frames 4 --num-workers 0",
     "--nproc_per_node 8 -m dinov3_integration extract data/ --out feats --weights lvd1689m": "--nproc_per_node 2 "
     f"-m dinov3_integration extract data/ --out feats_dist {TINY} --resolution 64 --num-workers 0",
+    "--out shards --format shards --shard-size 1GB --weights lvd1689m": f"--out shards --format shards "
+    f"--shard-size 1GB {TINY} --resolution 64 --num-workers 0",
     "dinov3 pca photo.jpg --out photo_pca.png --weights lvd1689m": f"dinov3 pca photo.jpg --out photo_pca.png {TINY} "
     "--resolution 64",
     "dinov3 export dinov3_vits16 vit.onnx --weights lvd1689m": "dinov3 export dinov3_vits16 vit.onnx "

@@ -11,6 +11,11 @@ Outputs (under ``--out``):
   label and ``weights_digest`` (SHA-256 of the state dict that ran), resolution, size, grid, preprocessing, layers,
   library version, the source path, a ``config_digest`` used by ``--resume`` and a ``data_digest`` of the tensors).
   Read them back with :func:`dinov3_integration.read_features`.
+* or, with ``--format shards``, ``shard-r{rank:03d}-{seq:05d}.safetensors`` shards of at most ``--shard-size``
+  holding every input's tensors as rows, and ``index.json`` (input -> shard, row, offsets; rebuilt from the shards'
+  headers by rank 0 at the end): :mod:`dinov3_integration.feature_shards`, read back with the same
+  :func:`~dinov3_integration.read_features` (a :class:`~dinov3_integration.features.FeatureShards`) or any
+  safetensors reader.
 * ``manifest.jsonl``: one line per input (``input``, ``kind``, ``output``, ``status`` = ok / cached / failed,
   ``error``, ``frames``, and ``warning`` for a video that could only be decoded in part), sorted by input path.
 
@@ -35,6 +40,7 @@ from ..extraction.api import run_job
 from ..extraction.engine import EXIT_AFTER_ENV, Extraction
 from ..extraction.errors import ExtractionError
 from ..extraction.options import (
+    OUTPUT_FORMATS,
     SAVE_DTYPES,
     SAVE_KINDS,
     check_options,
@@ -45,6 +51,7 @@ from ..extraction.options import (
 from ..extraction.runners import AggregateRunner, BackboneRunner, Progress, build_aggregator
 from ..extraction.settings import DEFAULT_VIDEO_FRAMES, Settings, source_signature
 from ..extraction.sinks import MANIFEST
+from ..feature_shards import DEFAULT_SHARD_SIZE
 from ..features import FORMAT, read_features
 from ._common import CLIError, accept_negative_lists, add_model_args, dist_env, setup_logging
 
@@ -89,7 +96,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "extract",
         help="extract DINOv3 features from images, folders, videos or a list file",
-        description="Extract DINOv3 features to one safetensors file per input, plus a manifest.jsonl.",
+        description="Extract DINOv3 features to one safetensors file per input (or to shards: --format shards), "
+        "plus a manifest.jsonl.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -116,7 +124,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--save-dtype",
         choices=SAVE_DTYPES,
         default="float32",
-        help="dtype of the saved tensors; numpy cannot read bfloat16: use float16 to halve the size",
+        help="dtype of the saved tensors: float32 (default), float16 or bfloat16. numpy cannot read bfloat16 "
+        "(safetensors.numpy fails on it): use float16 to halve the size of outputs read without torch",
+    )
+    o = p.add_argument_group("output layout")
+    o.add_argument(
+        "--format",
+        choices=OUTPUT_FORMATS,
+        default="files",
+        help="files (default): one <input>.safetensors per input; shards: a few safetensors shards of at most "
+        "--shard-size holding every input's rows, plus index.json (input -> shard, row, offsets); README: "
+        "'Sharded outputs'",
+    )
+    o.add_argument(
+        "--shard-size",
+        default=None,
+        metavar="SIZE",
+        help=f"with --format shards: the largest shard, e.g. 500MB, 1GB, 2GiB or bytes (default {DEFAULT_SHARD_SIZE})",
     )
     v = p.add_argument_group("videos and clips")
     sampling = v.add_mutually_exclusive_group()

@@ -9,12 +9,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .._logging import get_logger
+from ..feature_shards import DEFAULT_SHARD_SIZE
 from ..utils.redact import redact_text
 from .dist import DistContext, dist_env, init_distributed, resolve_device
 from .engine import Extraction
 from .errors import ExtractionError
 from .options import DEFAULT_MODEL, check_options, make_options
 from .results import ExtractionReport, ExtractionResult
+from .shard_sink import ShardSink
 from .sinks import FileSink, Sink
 
 __all__ = ["extract", "run_job"]
@@ -59,13 +61,15 @@ def extract(
         batch_size: frames per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device``.
         out: None: nothing is written, an iterator of results is returned. A folder: the job is written exactly as
-            ``dinov3 extract ... --out FOLDER`` writes it (one ``<key>.safetensors`` per input, ``manifest.jsonl``,
-            resume of complete outputs) and an :class:`ExtractionReport` is returned.
+            ``dinov3 extract ... --out FOLDER`` writes it (one ``<key>.safetensors`` per input, or with
+            ``format="shards"`` shards of ``shard_size`` plus ``index.json``; ``manifest.jsonl``, resume of complete
+            outputs) and an :class:`ExtractionReport` is returned.
         **options: every other option of ``dinov3 extract`` by its Python name, with the command's defaults:
             ``random_weights``, ``model_kwargs`` (a dict), ``seed``, ``dtype``, ``interpolation``, ``normalization``,
             ``save_dtype``, ``frames``, ``fps``, ``aggregate``, ``aggregator_kwargs`` (a dict),
             ``aggregator_weights``, ``random_aggregator``, ``num_workers``, ``resume``, ``overwrite``, ``quiet``,
-            ``log_interval``, ``dist_timeout``.
+            ``log_interval``, ``dist_timeout``, ``format`` (``"files"`` or ``"shards"``), ``shard_size``
+            (``"1GB"`` by default with shards).
 
     Returns:
         With ``out=None``, an iterator of :class:`ExtractionResult` in the order inputs finish (inputs that fail
@@ -113,7 +117,8 @@ def _in_memory(args: argparse.Namespace) -> Iterator[ExtractionResult]:
 def run_job(args: argparse.Namespace, *, ctx: DistContext | None = None, sink: Sink | None = None) -> ExtractionReport:
     """The whole written job ``dinov3 extract`` runs, for a namespace of its options (``args.out`` a folder).
 
-    Checks the options, prepares the sink (default :class:`FileSink`), finds the inputs, skips the model when every
+    Checks the options, prepares the sink (default :class:`FileSink`, or :class:`ShardSink` for
+    ``args.format == "shards"``), finds the inputs, skips the model when every
     output is complete (``resume``), otherwise builds it and runs; writes the manifest. Under torchrun every rank
     calls it; rank 0's report has the whole job's records.
     """
@@ -122,6 +127,8 @@ def run_job(args: argparse.Namespace, *, ctx: DistContext | None = None, sink: S
     resolution = _resolution(args.resolution)
     if args.out is None:
         raise ExtractionError("run_job needs args.out, the output folder")
+    if sink is None and getattr(args, "format", "files") == "shards":
+        sink = ShardSink(args.out, shard_size=args.shard_size or DEFAULT_SHARD_SIZE, rank=ctx.rank)
     sink = sink or FileSink(args.out)
     sink.prepare()  # every rank: each then fails alike, and rank 0 says why
     device = None

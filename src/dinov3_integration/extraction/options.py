@@ -23,6 +23,7 @@ log = get_logger("extract")
 DEFAULT_MODEL = "dinov3_vits16"
 SAVE_KINDS = ("cls", "patch", "storage")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
+OUTPUT_FORMATS = ("files", "shards")  # one safetensors file per input; shards + index.json (feature_shards)
 
 # Every option of ``dinov3 extract`` (the namespace attribute names) and its default; ``tests/test_extraction_api``
 # checks that the command's parser has the same defaults.
@@ -53,12 +54,15 @@ DEFAULTS: dict[str, Any] = {
     "quiet": False,
     "log_interval": 30.0,
     "dist_timeout": 86400.0,
+    "format": "files",
+    "shard_size": None,
 }
 _CHOICES = {
     "dtype": ("float32", "bfloat16"),
     "interpolation": ("bilinear", "bicubic"),
     "normalization": ("auto", "imagenet", "sat493m"),
     "save_dtype": SAVE_DTYPES,
+    "format": OUTPUT_FORMATS,
 }
 
 
@@ -204,6 +208,26 @@ def check_options(args: argparse.Namespace) -> None:
         log.warning("--save is ignored with --aggregate: the Aggregator outputs (aggregated.L) are saved")
     parse_save_kinds(args.save)
     parse_model_kwargs(args.model_kwargs)
+    check_shard_options(args)
+
+
+def check_shard_options(args: argparse.Namespace) -> None:
+    """``--format`` is ``files`` or ``shards``; ``--shard-size`` a size (``1GB``...), only with ``--format shards``."""
+    from ..feature_shards import parse_size
+
+    fmt = getattr(args, "format", "files")
+    size = getattr(args, "shard_size", None)
+    if fmt not in OUTPUT_FORMATS:
+        raise ExtractionError(f"--format {fmt!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+    if size is not None and fmt != "shards":
+        raise ExtractionError(
+            f"--shard-size {size} only applies with --format shards (the default is one file per input)"
+        )
+    if size is not None:
+        try:
+            parse_size(size)
+        except ValueError as exc:
+            raise ExtractionError(f"--shard-size: {exc}") from exc
 
 
 def check_output_folder(out: str) -> Path:
