@@ -93,7 +93,9 @@ def assert_rows_equal_files(shards_out: Path, files_out: Path) -> None:
     assert not [p for p in shards_out.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_shards_equal_per_file_outputs(dataset: Path, per_file: Path, tmp_path: Path) -> None:
+def test_shards_equal_per_file_outputs(
+    dataset: Path, per_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     assert main(["extract", str(dataset), "--out", str(out), *COMMON, *SHARDS]) == 1
     assert_rows_equal_files(out, per_file)
@@ -108,6 +110,10 @@ def test_shards_equal_per_file_outputs(dataset: Path, per_file: Path, tmp_path: 
     assert main(["extract", str(dataset), "--out", str(out), *COMMON, *SHARDS]) == 1
     assert sorted({r["status"] for r in manifest(out)}) == ["cached", "failed"]
     assert json.loads((out / "index.json").read_text()) == index
+    # `pca --from-features` reads per-file outputs: a shard is refused with a reason, not misread.
+    shard = str(out / index["shards"][0]["file"])
+    assert main(["pca", "--from-features", shard, "--out", str(tmp_path / "p.png")]) != 0
+    assert "it is a shard" in capsys.readouterr().err
 
 
 def test_killed_shard_runs_resume_without_loss_or_duplicates(dataset: Path, per_file: Path, tmp_path: Path) -> None:

@@ -124,15 +124,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--save-dtype",
         choices=SAVE_DTYPES,
         default="float32",
-        help="dtype of the saved tensors: float32 (default), float16 or bfloat16. numpy cannot read bfloat16 "
-        "(safetensors.numpy fails on it): use float16 to halve the size of outputs read without torch",
+        help="dtype of the saved tensors. numpy cannot read bfloat16 (safetensors.numpy fails on it): use float16 "
+        "to halve the size of outputs read without torch",
     )
     o = p.add_argument_group("output layout")
     o.add_argument(
         "--format",
         choices=OUTPUT_FORMATS,
         default="files",
-        help="files (default): one <input>.safetensors per input; shards: a few safetensors shards of at most "
+        help="files: one <input>.safetensors per input; shards: a few safetensors shards of at most "
         "--shard-size holding every input's rows, plus index.json (input -> shard, row, offsets); README: "
         "'Sharded outputs'",
     )

@@ -236,6 +236,7 @@ def _rows_from_features(
     No model and no torch: the file is read by :class:`dinov3_integration.pca.files.FeatureFile` (numpy; only the
     drawn block), the features stay numpy arrays; torch comes in only to show a source image or video beside them.
     """
+    from ..feature_shards import SHARD_FORMAT
     from ..pca.files import FeatureFile
 
     rows: list[Row] = []
@@ -245,6 +246,8 @@ def _rows_from_features(
             raise CLIError(f"--from-features {file!r} does not exist")
         try:
             fh = FeatureFile(file)
+            if fh.metadata.get("format") == SHARD_FORMAT:
+                raise ValueError("it is a shard of `extract --format shards`; --from-features reads per-file outputs")
         except Exception as exc:
             failures.append((file, f"not a readable feature file ({exc})"))
             log.error("skipped %s: not a readable feature file (%s)", file, exc)

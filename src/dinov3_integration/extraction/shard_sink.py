@@ -106,7 +106,13 @@ class ShardSink(Sink):
         merged = super().finish(records, ctx)
         if ctx.world_size <= 1 or ctx.is_main:
             remove_stale_shard_temps(self.root)
-            write_index(self.root)
+            try:
+                write_index(self.root)
+            except OSError as exc:
+                raise ExtractionError(
+                    f"cannot write {self.index} ({exc.strerror or exc}); the shards are complete: free space (or "
+                    "fix permissions) and run the same command again to write it"
+                ) from exc
         return merged
 
     @property
