@@ -181,3 +181,28 @@ def test_bad_shard_options_are_clear_errors(tmp_path: Path, capsys: pytest.Captu
         main(["extract", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "numpy cannot read bfloat16" in help_text and "float16" in help_text and "--format" in help_text
+
+
+RERUN = """
+import json, sys
+from dinov3_integration.cli.main import main
+rc = main(sys.argv[1:])
+print(json.dumps({"rc": rc, "loaded": sorted(m for m in ("torch", "torchvision", "safetensors") if m in sys.modules)}))
+"""
+
+
+def test_complete_shard_rerun_imports_no_torch(tmp_path: Path) -> None:
+    """Issue 15.2 for shards: a rerun that finds every row complete (verified) never imports torch."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "in" / f"{i}.png")
+    args = ["extract", str(tmp_path / "in"), "--out", str(tmp_path / "out"), *TINY, "--num-workers", "0", *SHARDS]
+    assert main(args) == 0
+    proc = subprocess.run([sys.executable, "-c", RERUN, *args], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"rc": 0, "loaded": []} and "3 already complete" in proc.stderr, proc.stderr
+    assert [r["status"] for r in manifest(tmp_path / "out")] == ["cached"] * 3

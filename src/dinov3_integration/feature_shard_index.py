@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._logging import get_logger
-from .feature_codec import tensors_digest
+from .feature_codec import FeatureFileError, raw_tensors_digest, read_safetensors_header
 from .feature_shards import INDEX_FORMAT, INDEX_NAME, SHARD_FORMAT, ShardFormatError, shard_files
 from .utils.atomic import atomic_write_text
 
@@ -50,40 +50,37 @@ class ShardInfo:
     common: dict[str, Any]
     rows: list[dict[str, Any]]
     shapes: dict[str, list[int]]
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    data_start: int = 0
 
     def verify(self) -> None:
-        """Read the whole data section and compare it with ``data_digest``.
+        """Read the whole data section and compare it with ``data_digest`` (hashlib over the raw bytes: no torch).
 
         Raises:
             ShardFormatError: the data is unreadable or does not match.
         """
-        from safetensors import safe_open
-
         try:
-            with safe_open(os.fspath(self.path), framework="pt") as fh:
-                digest = tensors_digest({k: fh.get_tensor(k) for k in fh.keys()})
-        except Exception as exc:
+            entries = self.entries or read_safetensors_header(self.path)[1]
+            digest = raw_tensors_digest(self.path, entries, self.data_start or read_safetensors_header(self.path)[2])
+        except (OSError, ValueError) as exc:
             raise ShardFormatError(f"{self.path}: the data section is unreadable: {exc}") from exc
         if digest != self.data_digest:
             raise ShardFormatError(f"{self.path}: the data section does not match its data_digest (damaged)")
 
 
 def read_shard(path: str | os.PathLike[str]) -> ShardInfo:
-    """A shard's header (not its tensors), checked: format, row records and offsets within the tensors.
+    """A shard's header (not its tensors; no torch), checked: format, row records and offsets within the tensors.
 
     Raises:
         ShardFormatError: naming the file and what is wrong.
     """
-    from safetensors import safe_open
-
     p = Path(path)
     try:
-        with safe_open(os.fspath(p), framework="pt") as fh:
-            raw = dict(fh.metadata() or {})
-            shapes = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()}
+        raw, entries, start = read_safetensors_header(p)
         nbytes = p.stat().st_size
-    except Exception as exc:
+    except (OSError, FeatureFileError) as exc:
         raise ShardFormatError(f"{p} is not a readable safetensors file: {exc}") from exc
+    shapes = {k: list(e["shape"]) for k, e in entries.items()}
     if raw.get("format") != SHARD_FORMAT:
         raise ShardFormatError(f"{p} is not a {SHARD_FORMAT} shard (format {raw.get('format')!r})")
     try:
@@ -91,13 +88,13 @@ def read_shard(path: str | os.PathLike[str]) -> ShardInfo:
         common = json.loads(raw["common"])
         info = ShardInfo(
             p.name, p, int(raw["rank"]), int(raw["seq"]), int(raw["created_ns"]), nbytes,
-            raw["data_digest"], common, rows, shapes,
+            raw["data_digest"], common, rows, shapes, entries, start,
         )  # fmt: skip
         for rec in rows:
             for name, slot in rec["tensors"].items():
                 if slot["offset"] < 0 or slot["offset"] + slot["length"] > shapes[name][0]:
                     raise ValueError(f"row {rec['input']!r}: {name} rows out of range")
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ShardFormatError(f"{p}: damaged shard header ({type(exc).__name__}: {exc})") from exc
     return info
 

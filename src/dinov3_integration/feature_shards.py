@@ -69,6 +69,7 @@ INDEX_FORMAT = "dinov3_integration.feature_shards.index/1"
 INDEX_NAME = "index.json"
 DEFAULT_SHARD_SIZE = "1GB"
 SHARD_RE = re.compile(r"^shard-r(\d{3,})-(\d{5,})\.safetensors$")
+MAX_HEADER_BYTES = 64 * 10**6  # a shard's header (its row records) stays below safetensors' 100 MB limit
 MAX_RANKS = 1000  # rank numbers stale temporaries are looked for (the name allows more; this is for cleaning)
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
@@ -281,8 +282,11 @@ class ShardWriter:
         buf = self._buf
         if buf.rows and not self._compatible(units):
             committed.append(self.flush())
-        elif buf.rows and buf.estimate(self._extra_cost, (cost, meta_json, units)) > self.max_bytes:
-            committed.append(self.flush())
+        elif buf.rows and (
+            buf.estimate(self._extra_cost, (cost, meta_json, units)) > self.max_bytes
+            or buf.estimate(self._extra_cost, (cost, meta_json, units)) - buf.data - cost.data > MAX_HEADER_BYTES
+        ):
+            committed.append(self.flush())  # the next row would not fit (in the size, or in safetensors' header)
         self._append(record, units, meta_json, cost)
         if len(self._buf.rows) == 1 and self._buf.estimate(self._extra_cost) > self.max_bytes:
             committed.append(self.flush())  # one row larger than a shard: a shard of its own
