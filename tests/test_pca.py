@@ -103,6 +103,43 @@ def test_compose_picture_equal_widths_captions_and_banner() -> None:
     assert compose_picture([wide]).size == wide.size
 
 
+def test_compose_picture_array_equals_the_pil_composition() -> None:
+    """The numpy canvas (rows as arrays or PIL images) has the pixels of the PIL composition it replaced: caption
+    strips and rows pasted one under the other, narrower rows enlarged with Pillow's nearest filter."""
+    from PIL import Image
+
+    from dinov3_integration.pca import (
+        caption_strip,
+        compose_picture,
+        compose_picture_array,
+        compose_rows,
+        render_row_array,
+    )
+
+    feats, _ = _object_features()
+    ((rgb, _),) = pca_colors([feats], mask=True)
+    rng = np.random.default_rng(0)
+    rows = [
+        render_row_array(rng.integers(0, 256, (3, *size), dtype=np.uint8), rgb, size) for size in [(32, 40), (13, 17)]
+    ]
+    captions = ["wide.png", "narrow.png"]
+    width = rows[0].shape[1]
+    parts = [caption_strip("BANNER", width, color=(255, 255, 255), background=(190, 0, 0), keep_end=False)]
+    for caption, row in zip(captions, rows):
+        picture = Image.fromarray(row)
+        if picture.width != width:
+            picture = picture.resize((width, round(picture.height * width / picture.width)), Image.NEAREST)
+        parts += [caption_strip(caption, width), picture]
+    want = np.asarray(compose_rows(parts))
+    got = compose_picture_array(rows, captions, banner="BANNER")
+    assert got.dtype == np.uint8 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(
+        compose_picture_array([Image.fromarray(r) for r in rows], captions, banner="BANNER"), want
+    )
+    np.testing.assert_array_equal(np.asarray(compose_picture(rows, captions, banner="BANNER")), want)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Issue 15 item 3: the numpy solver and pictures against the torch code they replace (kept here as the reference:
 # the full float64 SVD, the torch mask, colours and F.interpolate rendering of the release before).

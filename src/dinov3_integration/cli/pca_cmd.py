@@ -283,7 +283,14 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``dinov3 pca``."""
     if args.from_features:
         _one_blas_thread()
-    from ..pca import RANDOM_WEIGHTS_NOTE, compose_picture, missing_input_panel, pca_colors, render_row, save_png
+    from ..pca import (
+        RANDOM_WEIGHTS_NOTE,
+        compose_picture_array,
+        missing_input_panel,
+        pca_colors,
+        render_row_array,
+        save_png,
+    )
 
     setup_logging(verbose=getattr(args, "verbose", 0), quiet=args.quiet)
     if args.from_features and args.inputs:
@@ -300,17 +307,19 @@ def run(args: argparse.Namespace) -> int:
     if rows:
         colors = pca_colors([r.features for r in rows], mask=args.mask, joint=args.joint)
         pictures = [
-            render_row(r.image if r.image is not None else missing_input_panel(r.size), rgb, r.size, args.upsample)
+            render_row_array(
+                r.image if r.image is not None else missing_input_panel(r.size), rgb, r.size, args.upsample
+            )
             for r, (rgb, _) in zip(rows, colors)
         ]
         banner = RANDOM_WEIGHTS_NOTE if random_weights else None
-        picture = compose_picture(pictures, [r.caption for r in rows], banner=banner)
+        picture = compose_picture_array(pictures, [r.caption for r in rows], banner=banner)
         save_png(picture, args.out)
         log.info(
             "pca: wrote %s (%dx%d, %d row%s)%s",
             args.out,
-            picture.width,
-            picture.height,
+            picture.shape[1],
+            picture.shape[0],
             len(rows),
             "s" * (len(rows) > 1),
             ", made with RANDOM weights" if random_weights else "",

@@ -14,7 +14,7 @@ Recipe (as in the notebook), with one substitution:
 numpy and Pillow; no scikit-learn, and no torch unless the caller passes torch tensors (results then come back as
 tensors) or asks for bilinear upsampling. :mod:`.solver` says how the components are solved for and the sign rule
 (scikit-learn's: the largest loading of each component is positive) that makes pictures reproducible;
-:mod:`.pictures` draws them; :mod:`.files` reads ``dinov3 extract`` outputs without torch, and :mod:`.panels`
+:mod:`.pictures` draws them and :mod:`.png` writes the files; :mod:`.files` reads ``dinov3 extract`` outputs without torch, and :mod:`.panels`
 decodes and resizes their source images as torch would, bit for bit.
 """
 
@@ -26,9 +26,11 @@ from .pictures import (
     RANDOM_WEIGHTS_NOTE,
     caption_strip,
     compose_picture,
+    compose_picture_array,
     compose_rows,
     missing_input_panel,
     render_row,
+    render_row_array,
     save_png,
 )
 from .solver import PCAFit, fit_pca, foreground_mask, pca_colors
@@ -40,11 +42,13 @@ __all__ = [
     "PCAFit",
     "caption_strip",
     "compose_picture",
+    "compose_picture_array",
     "compose_rows",
     "fit_pca",
     "foreground_mask",
     "missing_input_panel",
     "pca_colors",
     "render_row",
+    "render_row_array",
     "save_png",
 ]
