@@ -9,6 +9,7 @@ on a real tensor, so "never materialises random weights" is checked, not assumed
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from conftest import randomize_
+from dinov3_integration.extraction.model import LoadedModel
 from dinov3_integration.factory import create_model
 from dinov3_integration.hub.errors import WeightsMismatchError
 from dinov3_integration.integrated import DINOv3IntegratedModel
@@ -341,3 +343,137 @@ def test_build_aggregator_on_meta_keeps_its_normalisation() -> None:
     assert all(p.is_meta for p in agg.parameters())
     mean, std = NORMALIZATIONS["sat"]
     assert agg.normalization == (tuple(torch.tensor(mean).tolist()), tuple(torch.tensor(std).tolist()))
+
+
+# ------------------------------------------------------------------------------------------------ extract --aggregate
+
+
+def extract_args(weights: Path | None, kwargs: str, seed: int = 11) -> argparse.Namespace:
+    """The options ``runners.build_aggregator`` reads (``dinov3 extract --aggregate ...``)."""
+    return argparse.Namespace(
+        aggregator_kwargs=[kwargs],
+        aggregator_weights=None if weights is None else str(weights),
+        seed=seed,
+        normalization="auto",
+    )
+
+
+def tiny_loaded() -> LoadedModel:
+    torch.manual_seed(2)
+    backbone = randomize_(create_model("dinov3_vits16", depth=1, embed_dim=64, num_heads=1), std=0.05).eval()
+    return LoadedModel(model=backbone, name="dinov3_vits16", weights="test", weights_tag=None, model_kwargs={})
+
+
+def slow_extract_aggregator(args: argparse.Namespace, loaded: LoadedModel) -> Aggregator:
+    """What ``extract --aggregate --aggregator-weights`` did before: assemble with ``--seed`` on the CPU (random
+    init), then copy the checkpoint's blocks in."""
+    from dinov3_integration.extraction.options import parse_model_kwargs
+    from dinov3_integration.hub.checkpoint_io import load_state_dict_file
+    from dinov3_integration.integrated import build_aggregator
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        agg = build_aggregator(loaded.model, normalization="auto", **parse_model_kwargs(args.aggregator_kwargs))
+    agg.load_vggt_state_dict(load_state_dict_file(args.aggregator_weights), strict=True, skip_patch_embed=True)
+    return agg.eval()
+
+
+def aggregate_checkpoint(tmp_path: Path, loaded: LoadedModel, **kwargs) -> Path:
+    """A full-VGGT-style checkpoint of a randomised Aggregator behind the same backbone (other weights)."""
+    from dinov3_integration.integrated import build_aggregator
+
+    torch.manual_seed(4)
+    source = build_aggregator(create_model("dinov3_vits16", depth=1, embed_dim=64, num_heads=1), **kwargs)
+    state = {f"aggregator.{k}": v.clone() for k, v in randomize_(source, std=0.05).state_dict().items()}
+    state["camera_head.trunk.0.norm1.weight"] = torch.ones(8)
+    torch.save(state, tmp_path / "vggt.pt")
+    return tmp_path / "vggt.pt"
+
+
+@pytest.mark.parametrize(
+    ("source_kwargs", "kwargs"),
+    [
+        (dict(depth=2, num_heads=4), "depth=2,num_heads=4"),
+        (dict(depth=2, embed_dim=32, num_heads=4), "depth=2,embed_dim=32,num_heads=4"),  # with its patch_proj
+    ],
+    ids=["same-width", "patch_proj-in-checkpoint"],
+)
+def test_extract_aggregator_weights_load_without_random_init(tmp_path: Path, source_kwargs: dict, kwargs: str) -> None:
+    """``extract --aggregate --aggregator-weights``: built on ``meta``, no random fill on a real tensor, the same
+    module and the same outputs, bit for bit, as the random build it replaces."""
+    from dinov3_integration.extraction.runners import build_aggregator
+
+    loaded = tiny_loaded()
+    args = extract_args(aggregate_checkpoint(tmp_path, loaded, **source_kwargs), kwargs)
+    slow = slow_extract_aggregator(args, loaded)
+    with RandomFills() as fills:
+        fast, recorded = build_aggregator(args, loaded, torch.device("cpu"))
+    assert fills.random == []  # every Aggregator tensor comes from the file (the backbone was built before)
+    assert_same_module(fast, slow)
+    assert recorded["normalization"] == [list(v) for v in slow.normalization]
+    x = clips()
+    with torch.no_grad():
+        a, b = fast(x)[0], slow(x)[0]
+    assert len(a) == len(b) and all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+def test_extract_aggregator_new_patch_proj_is_seeded_as_before(tmp_path: Path) -> None:
+    """A narrower Aggregator than the backbone, from a checkpoint without ``patch_proj``: the new Linear is the only
+    random fill, with the draws ``--seed`` gave it in the random build."""
+    from dinov3_integration.extraction.runners import build_aggregator
+
+    loaded = tiny_loaded()
+    path = aggregate_checkpoint(tmp_path, loaded, depth=2, embed_dim=32, num_heads=4)
+    state = {k: v for k, v in torch.load(path, weights_only=True).items() if ".patch_proj." not in k}
+    torch.save(state, path)
+    args = extract_args(path, "depth=2,embed_dim=32,num_heads=4", seed=5)
+    slow = slow_extract_aggregator(args, loaded)
+    with RandomFills() as fills:
+        fast, _ = build_aggregator(args, loaded, torch.device("cpu"))
+    assert fills.shapes == {(32, 64), (32,)}  # only the new patch_proj: Linear's init, then truncated normal
+    assert_same_module(fast, slow)
+    other, _ = build_aggregator(extract_args(path, "depth=2,embed_dim=32,num_heads=4", seed=6), loaded, "cpu")
+    assert not torch.equal(other.patch_proj.weight, fast.patch_proj.weight)  # the seed decides it
+
+
+def test_extract_aggregator_weights_errors_are_unchanged(tmp_path: Path) -> None:
+    from dinov3_integration.extraction.errors import ExtractionError
+    from dinov3_integration.extraction.runners import build_aggregator
+
+    loaded = tiny_loaded()
+    path = aggregate_checkpoint(tmp_path, loaded, depth=2, num_heads=4)
+    state = torch.load(path, weights_only=True)
+    del state["aggregator.global_blocks.1.ls2.gamma"]
+    state["aggregator.frame_blocks.9.mlp.fc1.weight"] = torch.zeros(1)
+    torch.save(state, path)
+    args = extract_args(path, "depth=2,num_heads=4")
+    with pytest.raises(StateDictMismatchError) as old:
+        slow_extract_aggregator(args, loaded)
+    with pytest.raises(ExtractionError) as new:
+        build_aggregator(args, loaded, torch.device("cpu"))
+    assert str(new.value) == f"--aggregator-weights {path}: {old.value}"
+    assert "global_blocks.1.ls2.gamma" in str(new.value)
+
+
+# ------------------------------------------------------------------------------------------------ shared parts
+
+
+def test_one_from_pretrained_and_one_leftover_check() -> None:
+    """The ViT, the Aggregator and the integrated model share ``HubMixin.from_pretrained``; its leftover check (and
+    ``assign_state_dict``'s) is ``utils.meta.raise_if_on_meta``, which names what a load left on ``meta``."""
+    from dinov3_integration.models import DinoVisionTransformer
+    from dinov3_integration.models.hf_api import HubMixin
+    from dinov3_integration.utils.meta import meta_tensor_names, raise_if_on_meta
+
+    shared = HubMixin.from_pretrained.__func__
+    for cls in (DinoVisionTransformer, Aggregator, DINOv3IntegratedModel):
+        assert cls.from_pretrained.__func__ is shared, cls
+    module = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    raise_if_on_meta(module, "test")  # all real: nothing raised
+    module[0].bias = torch.nn.Parameter(torch.empty(3, device="meta"))
+    module[1].register_buffer("extra", torch.empty(1, device="meta"), persistent=False)
+    assert meta_tensor_names(module) == ["0.bias", "1.extra"]
+    with pytest.raises(
+        RuntimeError, match=r"^test left 2 tensors on the meta device after loading \(0.bias, 1.extra\)"
+    ):
+        raise_if_on_meta(module, "test")

@@ -108,30 +108,43 @@ _NORMALIZATION_NAMES = {"auto": "auto", "imagenet": "imagenet", "sat493m": "sat"
 def build_aggregator(args: argparse.Namespace, loaded: LoadedModel, device: Any) -> tuple[Any, dict[str, Any]]:
     """The VGGT-style Aggregator with the loaded DINOv3 model (and its weights) as its patch embedding.
 
-    Assembled by :func:`dinov3_integration.integrated.build_aggregator`. Its blocks are seeded with ``--seed`` and
-    take ``--aggregator-weights`` when given (VGGT-format state dict; the checkpoint's ``patch_embed.*`` entries
-    are ignored: the backbone comes from ``--weights``).
+    Assembled by :func:`dinov3_integration.integrated.build_aggregator`. With ``--aggregator-weights`` (a
+    VGGT-format state dict; the checkpoint's ``patch_embed.*`` entries are ignored: the backbone comes from
+    ``--weights``) its blocks are built on the ``meta`` device and take the checkpoint's tensors with
+    ``assign=True`` (``vggt_compat.checkpoint.load_aggregator_weights``: no random initialisation); a ``patch_proj``
+    the checkpoint lacks is initialised with ``--seed``, as in a random build. Without, its blocks are seeded with
+    ``--seed``.
     """
     import torch
 
     from ..integrated import build_aggregator as assemble
+    from ..vggt_compat.checkpoint import load_aggregator_weights
 
     overrides = parse_model_kwargs(args.aggregator_kwargs, option="--aggregator-kwargs")
+    on_meta = {"device": "meta"} if args.aggregator_weights else {}  # a --aggregator-kwargs device= still wins
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
             aggregator = assemble(
                 loaded.model,
                 normalization=_NORMALIZATION_NAMES.get(args.normalization, args.normalization),
-                **overrides,
+                **{**on_meta, **overrides},
             )
     except (TypeError, ValueError) as exc:
         raise ExtractionError(f"cannot build the Aggregator with --aggregator-kwargs {overrides}: {exc}") from exc
     if args.aggregator_weights:
         try:
-            aggregator.load_vggt_state_dict(
-                _load_state_dict(args.aggregator_weights), strict=True, skip_patch_embed=True
-            )
+            state = _load_state_dict(args.aggregator_weights)
+            with torch.random.fork_rng(devices=[]):  # a patch_proj it lacks: the draws of a random build
+                torch.manual_seed(args.seed)
+                load_aggregator_weights(
+                    aggregator,
+                    state,
+                    patch_embed_kind=aggregator.patch_embed_kind,
+                    strict=True,
+                    skip_patch_embed=True,
+                    device=device,
+                )
         except ExtractionError:
             raise
         except Exception as exc:

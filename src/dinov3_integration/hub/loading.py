@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .._logging import get_logger
 from ..models.specs import SAT_TAG, ModelSpec, tag_in_name
+from ..utils.meta import raise_if_on_meta
 from . import formats
 from .errors import CheckpointFormatError, WeightsMismatchError
 from .mismatch import StateDictMismatch, compare_state_dicts, fitting_models
@@ -119,19 +120,11 @@ def assign_state_dict(
                 mine.copy_(value)
             tensors[key] = mine
     result = model.load_state_dict(tensors, strict=strict, assign=True)
-    left = []
-    for prefix, module in model.named_modules():
-        left += [f"{prefix}.{n}".lstrip(".") for n, t in module._parameters.items() if t is not None and t.is_meta]
+    for module in model.modules():
         for name, buffer in module._buffers.items():
-            if buffer is not None and buffer.is_meta:
-                left.append(f"{prefix}.{name}".lstrip("."))
-            elif buffer is not None and buffer.device != target:
+            if buffer is not None and not buffer.is_meta and buffer.device != target:
                 module._buffers[name] = buffer.to(target)
-    if left:
-        raise RuntimeError(
-            f"{owner} left {len(left)} tensors on the meta device after loading ({', '.join(left[:4])}): "
-            "tensors that are not in the state dict must be initialised after the meta build. Please report this."
-        )
+    raise_if_on_meta(model, owner)  # the one leftover check (utils.meta), shared with models.hf_api's from_pretrained
     return result
 
 

@@ -9,14 +9,13 @@ loads the tensors with ``strict=True, assign=True`` (no random initialisation, n
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from ..hub.loading import assign_state_dict
-from ..models.hf_api import LIBRARY, WEIGHTS_NAME, HubMixin, read_saved_folder
+from ..models.hf_api import LIBRARY, HubMixin, read_saved_weights
 from ..models.specs import WEIGHT_TAGS
 
 __all__ = ["IntegratedHubMixin"]
@@ -26,37 +25,39 @@ class IntegratedHubMixin(HubMixin):
     """The Hugging Face methods of :class:`~dinov3_integration.models.hf_api.HubMixin`, with the configuration of
     the integrated model as ``config.json``."""
 
+    _HUB_HINT = ""
+    _HUB_RECORDS_SOURCE = False  # the integrated model keeps no weights_source
+
     def hub_config(self) -> dict[str, Any]:
         config = self.to_config().to_dict()  # type: ignore[attr-defined]
         return {"library_name": LIBRARY, "architecture": type(self).__name__, "config": config}
 
     @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike[str],
-        *,
-        revision: str | None = None,
-        token: str | bool | None = None,
-        cache_dir: str | None = None,
-        device: torch.device | str | None = None,
-        **overrides: Any,
-    ) -> Any:
-        """Load a folder written by ``save_pretrained`` (a local path or a Hub ``repo_id``), in eval mode.
+    def _check_hub_overrides(cls, overrides: dict[str, Any]) -> None:
+        """The integrated model takes no overrides: its configuration is the architecture.
 
         Raises:
-            FileNotFoundError: the folder lacks ``config.json`` or ``model.safetensors``.
-            ValueError: the folder was written for another class.
-            RuntimeError: the tensors do not fit the configuration (missing/unexpected keys).
+            TypeError: any override.
         """
         if overrides:
             raise TypeError(f"{cls.__name__}.from_pretrained takes no architecture overrides: {sorted(overrides)}")
-        folder, saved = read_saved_folder(cls.__name__, pretrained_model_name_or_path, revision, token, cache_dir)
-        config = saved["config"]
+
+    @classmethod
+    def _build_from_hub(cls, folder: Path, config: dict[str, Any], overrides: dict[str, Any]) -> Any:
+        """The model of the saved configuration on the ``meta`` device, without loading any backbone weights (a
+        weight tag keeps selecting the architecture; a weights file or URL is dropped: the folder's tensors replace
+        it)."""
+        config = config["config"]
         backbone = config["model"]["backbone"]
         backbone["pretrained"] = False
         if backbone.get("weights") not in WEIGHT_TAGS:
             backbone["weights"] = None
-        model = cls.from_config(config, device="meta")  # type: ignore[attr-defined]  # no random init
-        state = load_file(str(folder / WEIGHTS_NAME), device="cpu" if device is None else str(torch.device(device)))
-        assign_state_dict(model, state, strict=True, device=device, owner=f"{cls.__name__}.from_pretrained")
-        return model.eval()
+        return cls.from_config(config, device="meta")  # type: ignore[attr-defined]  # no random init
+
+    def _load_hub_weights(self, folder: Path, config: dict[str, Any], device: torch.device | str | None) -> Any:
+        """Take ``folder``'s tensors with :func:`~dinov3_integration.hub.loading.assign_state_dict` (strict; on
+        ``device``, default CPU)."""
+        state = read_saved_weights(folder, device)
+        owner = f"{type(self).__name__}.from_pretrained"
+        assign_state_dict(self, state, strict=True, device=device, owner=owner)  # type: ignore[arg-type]
+        return self

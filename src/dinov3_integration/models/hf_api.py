@@ -5,7 +5,9 @@ state-dict keys, so nothing is lost: RoPE periods, untied norms, a classifier he
 constructor arguments, ``model_name`` and ``weights_tag``). ``from_pretrained`` reads a local folder or a Hub repo,
 builds the model on the ``meta`` device and loads with ``strict=True, assign=True`` (no random initialisation; any
 missing or unexpected tensor raises). No pickle is ever read. ``create_model(name, weights=folder)`` also reads
-such a folder.
+such a folder. ``HubMixin.from_pretrained`` is the one implementation: the Aggregator's and the integrated model's
+mixins (``vggt_compat.hub``, ``integrated.hub``) supply its hooks (``_check_hub_overrides``, ``_build_from_hub``,
+``_load_hub_weights``), since ``models`` cannot import the hub's loader.
 
 For a folder that ``transformers.AutoModel`` / ``AutoImageProcessor`` read, use ``dinov3 convert SRC DST --to hf``
 (the ``DINOv3ViTModel`` layout plus ``preprocessor_config.json``); ``create_model(name, weights=that_folder)`` reads
@@ -17,12 +19,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..utils.atomic import atomic_path, atomic_write_text
+from ..utils.meta import raise_if_on_meta
 from .specs import normalization_for
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "HubMixin", "hf_preprocessor_config"]
@@ -78,6 +81,11 @@ def read_saved_folder(
     return folder, config
 
 
+def read_saved_weights(folder: Path, device: torch.device | str | None) -> dict[str, torch.Tensor]:
+    """The tensors of ``folder``'s ``model.safetensors`` (a ``save_pretrained`` folder), on ``device`` (default CPU)."""
+    return load_file(str(folder / WEIGHTS_NAME), device="cpu" if device is None else str(torch.device(device)))
+
+
 class HubMixin:
     """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for a module built from keyword arguments.
 
@@ -130,6 +138,11 @@ class HubMixin:
             return self.push_to_hub(repo_id, _folder=folder, **push_kwargs)
         return folder
 
+    _HUB_HINT: ClassVar[str] = "; for a transformers DINOv3ViTModel folder use create_model(name, weights=folder)"
+    """Appended to ``from_pretrained``'s error for a folder without ``config.json``/``model.safetensors``."""
+    _HUB_RECORDS_SOURCE: ClassVar[bool] = True
+    """Whether ``from_pretrained`` sets ``weights_source`` (the path or repo id it read)."""
+
     @classmethod
     def from_pretrained(
         cls,
@@ -143,33 +156,50 @@ class HubMixin:
     ) -> Any:
         """Load a folder written by :meth:`save_pretrained` (a local path or a Hub ``repo_id``), in eval mode.
 
-        ``overrides`` replace recorded constructor keywords that leave the tensors unchanged (``drop_path_rate``).
+        The one ``from_pretrained`` of the ViT, the Aggregator and the integrated model: ``overrides`` are checked
+        (:meth:`_check_hub_overrides`), the folder and its ``config.json`` are read (:func:`read_saved_folder`), the
+        model is built on the ``meta`` device from the configuration (:meth:`_build_from_hub`: no random
+        initialisation) and takes the tensors of ``model.safetensors`` with ``assign=True`` (:meth:`_load_hub_weights`;
+        no pickle is read); nothing may be left on ``meta`` (:func:`~dinov3_integration.utils.meta.raise_if_on_meta`).
+
+        ``overrides`` replace recorded constructor keywords that leave the tensors unchanged: the ViT's
+        (``drop_path_rate``), the Aggregator's ``RUNTIME_SETTINGS`` (``output_layers=[-1]``); the integrated model
+        takes none.
 
         Raises:
             FileNotFoundError: the folder lacks ``config.json`` or ``model.safetensors``.
-            ValueError: the folder was written for another class.
-            RuntimeError: the tensors do not fit the recorded architecture (missing/unexpected keys).
+            ValueError: the folder was written for another class (or its ``config.json`` is not this format); the
+                Aggregator's ``CheckpointFormatError``: its ``model.safetensors`` is damaged.
+            TypeError: an override that would change the architecture (or that the class takes none of).
+            RuntimeError: the tensors do not fit the recorded architecture (missing/unexpected keys; the
+                Aggregator's ``StateDictMismatchError`` lists the missing, unexpected and mis-shaped tensors).
         """
+        cls._check_hub_overrides(overrides)
         folder, config = read_saved_folder(
-            cls.__name__,
-            pretrained_model_name_or_path,
-            revision,
-            token,
-            cache_dir,
-            hint="; for a transformers DINOv3ViTModel folder use create_model(name, weights=folder)",
+            cls.__name__, pretrained_model_name_or_path, revision, token, cache_dir, hint=cls._HUB_HINT
         )
-        kwargs = {**config["kwargs"], **overrides}
-        model = cls(**kwargs, device="meta")
-        target = "cpu" if device is None else str(torch.device(device))
-        state = load_file(str(folder / WEIGHTS_NAME), device=target)
-        model.load_state_dict(state, strict=True, assign=True)  # type: ignore[attr-defined]
-        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]  # type: ignore[attr-defined]
-        if left:
-            raise RuntimeError(f"from_pretrained left tensors on the meta device: {left[:4]}; please report this")
+        model = cls._build_from_hub(folder, config, overrides)._load_hub_weights(folder, config, device)
+        raise_if_on_meta(model, f"{cls.__name__}.from_pretrained")
+        if cls._HUB_RECORDS_SOURCE:
+            model.weights_source = str(pretrained_model_name_or_path)
+        return model.eval()
+
+    @classmethod
+    def _check_hub_overrides(cls, overrides: dict[str, Any]) -> None:
+        """Refuse ``from_pretrained`` overrides before anything is read (the ViT: none; its constructor decides)."""
+
+    @classmethod
+    def _build_from_hub(cls, folder: Path, config: dict[str, Any], overrides: dict[str, Any]) -> Any:
+        """The model ``config.json`` describes, on the ``meta`` device (the ViT: its recorded keywords and names)."""
+        model = cls(**{**config["kwargs"], **overrides}, device="meta")
         model.model_name = config.get("model_name")
         model.weights_tag = config.get("weights_tag")
-        model.weights_source = str(pretrained_model_name_or_path)
-        return model.eval()  # type: ignore[attr-defined]
+        return model
+
+    def _load_hub_weights(self, folder: Path, config: dict[str, Any], device: torch.device | str | None) -> Any:
+        """Take ``folder``'s tensors (on ``device``, default CPU) with ``strict=True, assign=True``; returns the model."""
+        self.load_state_dict(read_saved_weights(folder, device), strict=True, assign=True)  # type: ignore[attr-defined]
+        return self
 
     def push_to_hub(
         self,

@@ -25,7 +25,7 @@ missing, unexpected and mis-shaped tensors), and never reads a pickle.
 from __future__ import annotations
 
 import inspect
-import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +34,7 @@ from torch import nn
 from ..hub.checkpoint_io import load_state_dict_file
 from ..hub.mismatch import compare_state_dicts
 from ..models import DinoVisionTransformer
-from ..models.hf_api import LIBRARY, WEIGHTS_NAME, HubMixin, read_saved_folder
+from ..models.hf_api import LIBRARY, WEIGHTS_NAME, HubMixin
 from .checkpoint import StateDictMismatchError
 from .layers.block import Block
 
@@ -54,7 +54,10 @@ _DROPPED = ("block_fn", "n_storage_tokens", "patch_embed_weights", "self")
 
 class AggregatorHubMixin(HubMixin):
     """The Hugging Face methods of :class:`~dinov3_integration.models.hf_api.HubMixin` for the Aggregator, whose
-    constructor takes positional arguments, modules and a ``block_fn`` (see the module docstring)."""
+    constructor takes positional arguments, modules and a ``block_fn`` (see the module docstring); its
+    ``from_pretrained`` is the shared one, with the hooks below."""
+
+    _HUB_HINT = "; for a VGGT checkpoint use Aggregator.from_vggt"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         self = super().__new__(cls)
@@ -104,28 +107,11 @@ class AggregatorHubMixin(HubMixin):
         }
 
     @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike[str],
-        *,
-        revision: str | None = None,
-        token: str | bool | None = None,
-        cache_dir: str | None = None,
-        device: torch.device | str | None = None,
-        **overrides: Any,
-    ) -> Any:
-        """Load a folder written by :meth:`save_pretrained` (a local path or a Hub ``repo_id``), in eval mode.
-
-        ``overrides``: settings that leave the tensors unchanged (:data:`RUNTIME_SETTINGS`), e.g.
-        ``output_layers=[-1]``.
+    def _check_hub_overrides(cls, overrides: dict[str, Any]) -> None:
+        """Only :data:`RUNTIME_SETTINGS` may be overridden (e.g. ``output_layers=[-1]``).
 
         Raises:
-            FileNotFoundError: the folder lacks ``config.json`` or ``model.safetensors``.
-            ValueError: the folder was written for another class, or its ``config.json`` is not this format.
             TypeError: an override that would change the architecture.
-            StateDictMismatchError: the tensors do not fit ``config.json`` (lists the missing, unexpected and
-                mis-shaped tensors).
-            CheckpointFormatError: ``model.safetensors`` is damaged.
         """
         bad = sorted(set(overrides) - set(RUNTIME_SETTINGS))
         if bad:
@@ -133,17 +119,18 @@ class AggregatorHubMixin(HubMixin):
                 f"{cls.__name__}.from_pretrained: {bad} would change the architecture; only {list(RUNTIME_SETTINGS)} "
                 "can be overridden"
             )
-        folder, config = read_saved_folder(
-            cls.__name__,
-            pretrained_model_name_or_path,
-            revision,
-            token,
-            cache_dir,
-            hint="; for a VGGT checkpoint use Aggregator.from_vggt",
-        )
+
+    @classmethod
+    def _build_from_hub(cls, folder: Path, config: dict[str, Any], overrides: dict[str, Any]) -> Any:
+        """The Aggregator of ``config.json`` on the ``meta`` device (a DINOv3 patch embedding rebuilt from its own
+        config); the saved ``normalization`` is checked here and set by :meth:`_load_hub_weights`.
+
+        Raises:
+            ValueError: ``config.json`` lacks ``kwargs`` or ``normalization`` (not this format).
+        """
         try:
             kwargs = {**config["kwargs"], **overrides}
-            mean, std = config["normalization"]["mean"], config["normalization"]["std"]
+            _saved_normalization(config)
         except (KeyError, TypeError) as exc:
             raise ValueError(
                 f"{folder / 'config.json'} lacks {exc} (not written by {cls.__name__}.save_pretrained)"
@@ -153,8 +140,19 @@ class AggregatorHubMixin(HubMixin):
             if isinstance(patch_embed, dict):
                 kwargs["patch_embed"] = _rebuild_vit(patch_embed["dinov3_vit"])
             model = cls(**kwargs)
+        return model
+
+    def _load_hub_weights(self, folder: Path, config: dict[str, Any], device: torch.device | str | None) -> Any:
+        """Compare ``model.safetensors`` with the architecture, then take it with ``assign=True`` (on the CPU, then
+        moved to ``device``); the normalisation (in no state dict) comes from ``config.json``.
+
+        Raises:
+            StateDictMismatchError: the tensors do not fit ``config.json`` (lists the missing, unexpected and
+                mis-shaped tensors).
+            CheckpointFormatError: ``model.safetensors`` is damaged.
+        """
         state = load_state_dict_file(folder / WEIGHTS_NAME, unwrap=False)
-        mismatch = compare_state_dicts(state, model)
+        mismatch = compare_state_dicts(state, self)  # type: ignore[arg-type]
         if mismatch:
             raise StateDictMismatchError(
                 f"{folder / WEIGHTS_NAME} does not fit the Aggregator described by its config.json: "
@@ -163,17 +161,17 @@ class AggregatorHubMixin(HubMixin):
                 mismatch.unexpected,
                 mismatch.wrong_shape,
             )
-        model.load_state_dict(state, strict=True, assign=True)
+        self.load_state_dict(state, strict=True, assign=True)  # type: ignore[attr-defined]
         # non-persistent buffers are not in the state dict: the input normalisation comes from config.json
-        model._resnet_mean = torch.tensor(mean, dtype=torch.float32).view(1, 1, 3, 1, 1)
-        model._resnet_std = torch.tensor(std, dtype=torch.float32).view(1, 1, 3, 1, 1)
-        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-        if left:
-            raise RuntimeError(f"from_pretrained left tensors on the meta device: {left[:4]}; please report this")
-        model.weights_source = str(pretrained_model_name_or_path)
-        if device is not None:
-            model = model.to(device)
-        return model.eval()
+        mean, std = _saved_normalization(config)
+        self._resnet_mean = torch.tensor(mean, dtype=torch.float32).view(1, 1, 3, 1, 1)
+        self._resnet_std = torch.tensor(std, dtype=torch.float32).view(1, 1, 3, 1, 1)
+        return self if device is None else self.to(device)  # type: ignore[attr-defined]
+
+
+def _saved_normalization(config: dict[str, Any]) -> tuple[Any, Any]:
+    """The ``(mean, std)`` of a saved ``config.json``; raises ``KeyError``/``TypeError`` when it has none."""
+    return config["normalization"]["mean"], config["normalization"]["std"]
 
 
 def _rebuild_vit(config: dict[str, Any]) -> DinoVisionTransformer:
