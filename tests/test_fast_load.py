@@ -455,6 +455,39 @@ def test_extract_aggregator_weights_errors_are_unchanged(tmp_path: Path) -> None
     assert "global_blocks.1.ls2.gamma" in str(new.value)
 
 
+@pytest.mark.parametrize("kwargs", ["depth=2,num_heads=4", "depth=2,embed_dim=32,num_heads=4"])
+def test_export_aggregator_weights_load_without_random_init(tmp_path: Path, kwargs: str) -> None:
+    """``dinov3 export --aggregate --aggregator-weights``: the backbone from its file and the Aggregator on ``meta``
+    from the checkpoint, no random fill on a real tensor, the module the old random build + copy gave."""
+    from dinov3_integration.cli.export_cmd import _model
+    from dinov3_integration.extraction.options import parse_model_kwargs
+
+    loaded = tiny_loaded()
+    backbone = tmp_path / "backbone.pth"
+    torch.save(loaded.model.state_dict(), backbone)
+    source = parse_model_kwargs([kwargs])
+    path = aggregate_checkpoint(tmp_path, loaded, **source)
+    args = argparse.Namespace(
+        model="dinov3_vits16",
+        weights=str(backbone),
+        model_kwargs=["depth=1,embed_dim=64,num_heads=1"],
+        aggregate=True,
+        aggregator_kwargs=[kwargs],
+        aggregator_weights=str(path),
+        random_aggregator=False,
+        seed=3,
+    )
+    slow = slow_extract_aggregator(args, loaded)
+    with RandomFills() as fills:
+        fast = _model(args)
+    assert fills.random == []  # the backbone and every Aggregator tensor come from the files
+    assert_same_module(fast, slow)
+    x = clips()
+    with torch.no_grad():
+        a, b = fast(x)[0], slow(x)[0]
+    assert len(a) == len(b) and all(torch.equal(p, q) for p, q in zip(a, b))
+
+
 # ------------------------------------------------------------------------------------------------ shared parts
 
 

@@ -73,15 +73,16 @@ def _model(args: argparse.Namespace) -> Any:
     import torch
 
     from ..hub import load_state_dict_file
-    from ..integrated import build_aggregator
+    from ..integrated import build_aggregator, load_aggregator_checkpoint
 
     overrides = parse_model_kwargs(args.aggregator_kwargs, option="--aggregator-kwargs")
+    on_meta = {"device": "meta"} if args.aggregator_weights else {}  # weights: no random init (an override wins)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
-        aggregator = build_aggregator(model, **overrides)
+        aggregator = build_aggregator(model, **{**on_meta, **overrides})
     if args.aggregator_weights:
         state = load_state_dict_file(args.aggregator_weights, unwrap=False)
-        aggregator.load_vggt_state_dict(state, strict=True, skip_patch_embed=True)
+        load_aggregator_checkpoint(aggregator, state, seed=args.seed)
     return aggregator.eval()
 
 

@@ -111,14 +111,14 @@ def build_aggregator(args: argparse.Namespace, loaded: LoadedModel, device: Any)
     Assembled by :func:`dinov3_integration.integrated.build_aggregator`. With ``--aggregator-weights`` (a
     VGGT-format state dict; the checkpoint's ``patch_embed.*`` entries are ignored: the backbone comes from
     ``--weights``) its blocks are built on the ``meta`` device and take the checkpoint's tensors with
-    ``assign=True`` (``vggt_compat.checkpoint.load_aggregator_weights``: no random initialisation); a ``patch_proj``
+    ``assign=True`` (:func:`~dinov3_integration.integrated.load_aggregator_checkpoint`: no random initialisation); a ``patch_proj``
     the checkpoint lacks is initialised with ``--seed``, as in a random build. Without, its blocks are seeded with
     ``--seed``.
     """
     import torch
 
     from ..integrated import build_aggregator as assemble
-    from ..vggt_compat.checkpoint import load_aggregator_weights
+    from ..integrated import load_aggregator_checkpoint
 
     overrides = parse_model_kwargs(args.aggregator_kwargs, option="--aggregator-kwargs")
     on_meta = {"device": "meta"} if args.aggregator_weights else {}  # a --aggregator-kwargs device= still wins
@@ -135,16 +135,7 @@ def build_aggregator(args: argparse.Namespace, loaded: LoadedModel, device: Any)
     if args.aggregator_weights:
         try:
             state = _load_state_dict(args.aggregator_weights)
-            with torch.random.fork_rng(devices=[]):  # a patch_proj it lacks: the draws of a random build
-                torch.manual_seed(args.seed)
-                load_aggregator_weights(
-                    aggregator,
-                    state,
-                    patch_embed_kind=aggregator.patch_embed_kind,
-                    strict=True,
-                    skip_patch_embed=True,
-                    device=device,
-                )
+            load_aggregator_checkpoint(aggregator, state, seed=args.seed, device=device)
         except ExtractionError:
             raise
         except Exception as exc:

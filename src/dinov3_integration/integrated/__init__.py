@@ -6,7 +6,13 @@
   embedding; ``dinov3 extract --aggregate`` uses it too).
 """
 
-from .assembly import build_aggregator, resolve_normalization
+from .assembly import build_aggregator, load_aggregator_checkpoint, resolve_normalization
 from .model import DINOv3IntegratedModel, build_model
 
-__all__ = ["DINOv3IntegratedModel", "build_aggregator", "build_model", "resolve_normalization"]
+__all__ = [
+    "DINOv3IntegratedModel",
+    "build_aggregator",
+    "build_model",
+    "load_aggregator_checkpoint",
+    "resolve_normalization",
+]

@@ -1,7 +1,8 @@
 """Backbone + Aggregator assembly: the one place a DINOv3 ViT becomes a VGGT-style Aggregator's patch embedding.
 
 :func:`build_aggregator` is used by :class:`~dinov3_integration.integrated.DINOv3IntegratedModel` and by
-``dinov3 extract --aggregate``; anything else that puts an Aggregator behind a DINOv3 backbone should call it too,
+``dinov3 extract --aggregate`` / ``dinov3 export --aggregate`` (with :func:`load_aggregator_checkpoint` for a
+VGGT-format checkpoint, loaded on ``meta``); anything else that puts an Aggregator behind a DINOv3 backbone should call it too,
 so the defaults (the backbone's patch size, width and heads), the input normalisation and the key layout
 (``patch_embed.*``, VGGT's) are decided once.
 """
@@ -9,7 +10,7 @@ so the defaults (the backbone's patch size, width and heads), the input normalis
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 import torch
@@ -19,7 +20,13 @@ from ..models import normalization_for
 from ..utils.normalization import NORMALIZATIONS
 from ..vggt_compat import Aggregator
 
-__all__ = ["Normalization", "backbone_normalization", "build_aggregator", "resolve_normalization"]
+__all__ = [
+    "Normalization",
+    "backbone_normalization",
+    "build_aggregator",
+    "load_aggregator_checkpoint",
+    "resolve_normalization",
+]
 
 # "auto" (the backbone's weights family), a name of utils.normalization.NORMALIZATIONS ("imagenet", "sat"), an
 # explicit (mean, std) pair, or None (inputs are already normalised: identity).
@@ -98,3 +105,32 @@ def build_aggregator(
         aggregator = Aggregator(patch_embed=backbone, **kwargs)
     aggregator.set_normalization(mean, std)
     return aggregator
+
+
+def load_aggregator_checkpoint(
+    aggregator: Aggregator, state_dict: Mapping[str, Any], *, seed: int = 0, device: torch.device | str | None = None
+) -> None:
+    """Load a VGGT-format ``state_dict`` (full VGGT or Aggregator-only keys) into an Aggregator from
+    :func:`build_aggregator`, strictly; its ``patch_embed.*`` entries are ignored (the backbone keeps its weights).
+
+    Build the Aggregator with ``device="meta"`` (under ``torch.manual_seed(seed)``) and nothing random is ever
+    materialised: its tensors take the checkpoint's with ``assign=True`` and go to ``device`` (default CPU). A
+    ``patch_proj`` the checkpoint lacks is initialised under ``seed``: the draws a CPU build seeded with ``seed``
+    gives it (it is the first layer the Aggregator initialises).
+
+    Raises:
+        StateDictMismatchError: missing, unexpected or wrong-shape keys, all listed.
+        BackboneFamilyError: the checkpoint's patch embedding is of another family.
+    """
+    from ..vggt_compat.checkpoint import load_aggregator_weights
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        load_aggregator_weights(
+            aggregator,
+            state_dict,
+            patch_embed_kind=aggregator.patch_embed_kind,
+            strict=True,
+            skip_patch_embed=True,
+            device=device,
+        )
