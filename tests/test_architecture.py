@@ -148,3 +148,44 @@ def test_rooms_depend_only_downwards():
 def test_module_size(module):
     n = len(MODULES[module].read_text(encoding="utf-8").splitlines())
     assert n <= MAX_MODULE_LINES, f"{module} has {n} lines (at most {MAX_MODULE_LINES}): split it by concern"
+
+
+_LAZY_PROBE = r"""
+import json, sys
+import dinov3_integration as top, dinov3_integration.data as data
+out = {"torch_on_import": "torch" in sys.modules, "missing_from_dir": [], "errors": []}
+for m in (top, data):
+    out["missing_from_dir"] += sorted(set(m.__all__) - set(dir(m)))
+    try:
+        m.no_such_name
+    except AttributeError as e:
+        out["errors"].append(str(e))
+out["discover"] = data.discover_inputs.__module__
+out["cached"] = "discover_inputs" in vars(data)
+out["torch_after_inputs"] = "torch" in sys.modules
+print(json.dumps(out))
+"""
+
+
+def test_lazy_exports_keep_package_imports_light():
+    # `import dinov3_integration` / `.data` import no torch; names resolve on first use (and are cached); dir()
+    # lists every export; an unknown name is an AttributeError naming module and attribute (utils.lazy).
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT.parent)}
+    proc = subprocess.run([sys.executable, "-c", _LAZY_PROBE], capture_output=True, text=True, env=env, check=True)
+    out = json.loads(proc.stdout)
+    assert out == {
+        "torch_on_import": False,
+        "missing_from_dir": [],
+        "errors": [
+            "module 'dinov3_integration' has no attribute 'no_such_name'",
+            "module 'dinov3_integration.data' has no attribute 'no_such_name'",
+        ],
+        "discover": "dinov3_integration.data.inputs",
+        "cached": True,
+        "torch_after_inputs": False,
+    }

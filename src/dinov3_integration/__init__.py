@@ -12,8 +12,7 @@ Main entry points (imported on first use, so ``import dinov3_integration`` is ch
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .utils.lazy import lazy_exports as _lazy_exports
 
 __version__ = "0.1.0"
 
@@ -38,14 +37,4 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_exports(globals(), _EXPORTS)
