@@ -77,3 +77,26 @@ def test_other_format_is_refused(tmp_path: Path) -> None:
     _, meta = read_features(path)
     assert meta == {"format": "pt"}
     assert json.loads(json.dumps(meta)) == meta
+
+
+def test_file_sink_find_reads_each_header_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FileSink.find verifies a file and takes its metadata and names from one header read; same results."""
+    from types import SimpleNamespace
+
+    import dinov3_integration.features as features
+    from dinov3_integration.extraction.sinks import FileSink
+
+    sink, item = FileSink(tmp_path), SimpleNamespace(key="a/x.png")
+    write_features(sink.path(item), _tensors(), {"source": "/x.png"})
+    raw, names = read_metadata(sink.path(item))
+    reads: list[str] = []
+    real = features._read_header
+    monkeypatch.setattr(features, "_read_header", lambda p: reads.append(os.fspath(p)) or real(p))
+    stored = sink.find(item)
+    assert reads == [os.fspath(sink.path(item))]
+    assert (stored.state, stored.meta, stored.keys) == ("present", raw, frozenset(names))
+    assert stored.meta == verify_features(sink.path(item))
+    assert sink.find(SimpleNamespace(key="missing.png")).state == "missing"
+    sink.path(item).write_bytes(sink.path(item).read_bytes()[:-1])  # data section cut short
+    damaged = sink.find(item)
+    assert damaged.state == "damaged" and "data section" in damaged.error

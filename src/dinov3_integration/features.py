@@ -38,6 +38,7 @@ __all__ = [
     "encode_metadata",
     "read_features",
     "read_metadata",
+    "read_verified_header",
     "tensors_digest",
     "verify_features",
     "write_features",
@@ -83,6 +84,18 @@ def verify_features(path: str | os.PathLike[str], expected_keys: Iterable[str] =
     Raises:
         FeatureFileError: naming what is wrong.
     """
+    return read_verified_header(path, expected_keys)[0]
+
+
+def read_verified_header(
+    path: str | os.PathLike[str], expected_keys: Iterable[str] = ()
+) -> tuple[dict[str, str], set[str]]:
+    """:func:`verify_features` that also returns the tensor names: ``(raw metadata, tensor names)``, from one read
+    of the header (what :func:`read_metadata` would return, for a file that passed the checks). No torch.
+
+    Raises:
+        FeatureFileError: naming what is wrong (as :func:`verify_features`).
+    """
     meta, entries, start = _read_header(path)
     if meta.get("format") != FORMAT:
         raise FeatureFileError(f"{os.fspath(path)} is not a {FORMAT} file (format {meta.get('format')!r})")
@@ -98,7 +111,7 @@ def verify_features(path: str | os.PathLike[str], expected_keys: Iterable[str] =
         raise FeatureFileError(f"{os.fspath(path)}: the data section is unreadable: {exc}") from exc
     if digest != stored:
         raise FeatureFileError(f"{os.fspath(path)}: the data section does not match its data_digest (damaged)")
-    return dict(meta)
+    return dict(meta), set(entries)
 
 
 def read_features(

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..features import FeatureFileError, read_metadata, verify_features, write_features
+from ..features import FeatureFileError, read_verified_header, write_features
 from ..utils.atomic import atomic_write_text
 from .errors import ExtractionError
 from .options import check_output_folder
@@ -143,8 +143,7 @@ class FileSink(Sink):
         if not path.is_file():
             return Stored("missing", str(path))
         try:
-            meta = verify_features(path)
-            _, keys = read_metadata(path)
+            meta, keys = read_verified_header(path)  # one header read: checked, then its metadata and names
         except FeatureFileError as exc:
             return Stored("damaged", str(path), error=str(exc))
         return Stored("present", str(path), meta=meta, keys=frozenset(keys))
