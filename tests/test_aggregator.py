@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
+from conftest import fixture_config, fixture_state_dict, load_fixture
 from dinov3_integration.models import SAT_MEAN, SAT_STD, create_model
 from dinov3_integration.vggt_compat import Aggregator, StateDictMismatchError, extract_aggregator_state_dict
 from dinov3_integration.vggt_compat.layers import DinoVisionTransformer
-
-REFERENCE = Path(__file__).parent / "data" / "reference"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -81,9 +68,8 @@ def block_inputs(agg: Aggregator, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["agg_conv_tiny", "agg_dinov2_tiny"])
 def test_matches_vggt_reference_outputs(name):
-    f = safe_open(str(REFERENCE / f"{name}.safetensors"), "pt")
-    meta = f.metadata()
-    config = json.loads(meta["config"])
+    meta, tensors = load_fixture(name)
+    config = fixture_config(meta)
     pe_config = json.loads(meta["patch_embed_config"])
     if pe_config is not None:  # a tiny DINOv2-with-registers ViT instead of VGGT's ViT-L
         config["patch_embed"] = "dinov2_vitl14_reg"
@@ -91,15 +77,14 @@ def test_matches_vggt_reference_outputs(name):
         assert isinstance(agg.patch_embed, DinoVisionTransformer)
     else:
         agg = Aggregator(**config)
-    state = {k[len("state_dict.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("state_dict.")}
-    agg.load_state_dict(state, strict=True)
+    agg.load_state_dict(fixture_state_dict(tensors), strict=True)
     agg.eval()
     with torch.no_grad():
-        outputs, patch_start_idx = agg(f.get_tensor("input"))
+        outputs, patch_start_idx = agg(tensors["input"])
     assert patch_start_idx == int(meta["patch_start_idx"])
     assert len(outputs) == int(meta["num_outputs"])
     for i, out in enumerate(outputs):
-        ref = f.get_tensor(f"out.{i}")
+        ref = tensors[f"out.{i}"]
         assert out.shape == ref.shape
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers import make_video, manifest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = ["--random-weights", "--model-kwargs", "depth=2,embed_dim=64,num_heads=4"]
 
@@ -138,9 +140,6 @@ def test_pca_video_features_show_the_frames(tmp_path: Path) -> None:
 
     from dinov3_integration.cli.main import main
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_cli_extract import make_video
-
     video = tmp_path / "clip.mp4"
     make_video(video, n=6, h=48, w=64)
     out = tmp_path / "feats"
@@ -182,7 +181,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     for name in ("pca_images.png", "pca_sequence.png", "features/manifest.jsonl", "aggregated/sequence.safetensors"):
         assert (out / name).is_file(), name
         assert str(out.relative_to(tmp_path) / name) in proc.stdout or name.split("/")[0] in proc.stdout
-    records = [json.loads(line) for line in (out / "features/manifest.jsonl").read_text().splitlines()]
+    records = manifest(out / "features")
     assert len(records) == 8 and all(r["status"] == "ok" for r in records)
 
 

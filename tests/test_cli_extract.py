@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from _helpers import cli_env, make_video, manifest, run_dinov3, write_images
+
 TINY_KW = {"depth": 2, "embed_dim": 64, "num_heads": 4}
 TINY = ["--random-weights", "--model-kwargs", "depth=2,embed_dim=64,num_heads=4"]
 COMMON = [*TINY, "--resolution", "32", "--batch-size", "2", "--save", "cls,patch", "--save", "storage", "--frames", "3"]
@@ -21,44 +21,15 @@ IMAGES = [("imgs/a.png", 48, 64), ("imgs/b.jpg", 64, 48), ("imgs/sub/c.png", 40,
 N_INPUTS = len(IMAGES) + 2  # + broken.jpg + clip.mp4
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("WORLD_SIZE", None)
-    env.update(extra)
-    return env
-
-
 def dinov3(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ``python -m dinov3_integration.cli.main ARGS`` and return the completed process."""
-    cmd = [sys.executable, "-m", "dinov3_integration.cli.main", *args]
-    return subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
-
-
-def make_video(path: Path, n: int = 8, h: int = 48, w: int = 64) -> None:
-    import av
-
-    rng = np.random.default_rng(1)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for _ in range(n):
-            img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    return run_dinov3(*args, env=env, timeout=timeout, module="dinov3_integration.cli.main")
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from PIL import Image
-
     root = tmp_path_factory.mktemp("extract_data")
-    rng = np.random.default_rng(0)
-    for rel, h, w in IMAGES:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / rel)
+    write_images(root, IMAGES)
     (root / "imgs/broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
     make_video(root / "imgs/clip.mp4")
     return root
@@ -79,10 +50,6 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
     with safe_open(str(path), framework="pt") as fh:
         return {k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata()
-
-
-def manifest(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
 
 
 def tiny_model() -> torch.nn.Module:
@@ -169,7 +136,7 @@ def test_extract_matches_model_and_reports_failures(dataset: Path, single_run: t
 def test_killed_run_resumes_without_duplicates(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["extract", str(dataset / "imgs"), "--out", str(out), *COMMON, "--num-workers", "0"]
-    killed = dinov3(*args, env=_env(DINOV3_EXTRACT_EXIT_AFTER="2"))
+    killed = dinov3(*args, env=cli_env(DINOV3_EXTRACT_EXIT_AFTER="2"))
     assert killed.returncode == 75, killed.stderr  # the hook's abrupt exit, like a kill
     done = sorted(out.rglob("*.safetensors"))
     # The hook fires after 2 recorded writes; writer threads already busy may finish more (timing-dependent, up to
@@ -205,7 +172,7 @@ def test_torchrun_two_ranks_match_single_process(dataset: Path, single_run: tupl
         "-m", "dinov3_integration.cli.main", "extract", str(dataset / "imgs"), "--out", str(out), *COMMON,
         "--num-workers", "0", "--device", "cpu",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode != 0, proc.stderr  # broken.jpg fails on one rank; the job reports it
     assert f"{N_INPUTS} inputs: {N_INPUTS - 1} written" in proc.stderr, proc.stderr
     assert "[rank 0]" in proc.stderr
@@ -229,9 +196,7 @@ def test_aggregate_clips(dataset: Path, tmp_path: Path) -> None:
     frames.mkdir()
     from PIL import Image
 
-    rng = np.random.default_rng(3)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(frames / f"f{i}.png")
+    write_images(frames, [(f"f{i}.png", 32, 48) for i in range(3)], seed=3)
     out = tmp_path / "out"
     proc = dinov3(
         "extract", str(frames), str(dataset / "imgs/clip.mp4"), "--out", str(out), *TINY, "--resolution", "32",

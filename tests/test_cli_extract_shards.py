@@ -8,20 +8,19 @@ computes both; only the layout differs). Tiny random models and inputs, as in ``
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from _helpers import cli_env, main_in_subprocess, make_video, manifest, write_images
+from _helpers import run_dinov3 as dinov3
 from dinov3_integration.cli.main import main
 from dinov3_integration.feature_shard_index import scan_shards
 from dinov3_integration.features import FeatureShards, read_features
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = ["--random-weights", "--model-kwargs", "depth=2,embed_dim=32,num_heads=2", "--resolution", "32"]
 COMMON = [*TINY, "--batch-size", "2", "--save", "cls,patch,storage", "--frames", "3", "--num-workers", "0", "-q"]
 SHARDS = ["--format", "shards", "--shard-size", "8KB"]  # about two rows per shard: several shards per run
@@ -29,35 +28,10 @@ IMAGES = [("a.png", 48, 64), ("b.jpg", 64, 48), ("sub/c.png", 40, 40), ("sub/d.p
 IGNORED_META = {"format", "data_digest", "shard", "row"}  # what names the container, not the content
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("WORLD_SIZE", None)
-    env.update(extra)
-    return env
-
-
-def dinov3(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "dinov3_integration", *args]
-    return subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=180)
-
-
-def manifest(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from PIL import Image
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_cli_extract import make_video
-
     root = tmp_path_factory.mktemp("shards_data") / "imgs"
-    rng = np.random.default_rng(0)
-    for rel, h, w in IMAGES:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / rel)
+    write_images(root, IMAGES)
     (root / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     pytest.importorskip("av")
     make_video(root / "clip.mp4")
@@ -121,7 +95,7 @@ def test_killed_shard_runs_resume_without_loss_or_duplicates(dataset: Path, per_
     args = ["extract", str(dataset), "--out", str(out), *COMMON, *SHARDS]
     committed = []
     for exit_after in ("3", "3"):  # killed twice, each time after a few more rows
-        killed = dinov3(*args, env=_env(DINOV3_EXTRACT_EXIT_AFTER=exit_after))
+        killed = dinov3(*args, env=cli_env(DINOV3_EXTRACT_EXIT_AFTER=exit_after))
         assert killed.returncode == 75, killed.stderr  # the hook's abrupt exit, like a kill
         assert not (out / "manifest.jsonl").exists()
         committed.append(len(scan_shards(out).rows))
@@ -146,7 +120,7 @@ def test_torchrun_two_ranks_give_the_rows_of_one_process(dataset: Path, per_file
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "dinov3_integration", "extract", str(dataset), "--out", str(out), *COMMON, *SHARDS, "--device", "cpu",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0 and "7 inputs: 6 written" in proc.stderr, proc.stderr  # broken.jpg fails on one rank
     index = json.loads((out / "index.json").read_text())
     assert {s["rank"] for s in index["shards"]} == {0, 1}  # disjoint names per rank, one index
@@ -183,26 +157,11 @@ def test_bad_shard_options_are_clear_errors(tmp_path: Path, capsys: pytest.Captu
     assert "numpy cannot read bfloat16" in help_text and "float16" in help_text and "--format" in help_text
 
 
-RERUN = """
-import json, sys
-from dinov3_integration.cli.main import main
-rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "loaded": sorted(m for m in ("torch", "torchvision", "safetensors") if m in sys.modules)}))
-"""
-
-
 def test_complete_shard_rerun_imports_no_torch(tmp_path: Path) -> None:
     """Issue 15.2 for shards: a rerun that finds every row complete (verified) never imports torch."""
-    from PIL import Image
-
-    rng = np.random.default_rng(3)
-    for i in range(3):
-        (tmp_path / "in").mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "in" / f"{i}.png")
+    write_images(tmp_path / "in", [(f"{i}.png", 40, 48) for i in range(3)], seed=3)
     args = ["extract", str(tmp_path / "in"), "--out", str(tmp_path / "out"), *TINY, "--num-workers", "0", *SHARDS]
     assert main(args) == 0
-    proc = subprocess.run([sys.executable, "-c", RERUN, *args], env=_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result == {"rc": 0, "loaded": []} and "3 already complete" in proc.stderr, proc.stderr
+    result = main_in_subprocess(args)
+    assert (result["rc"], result["loaded"]) == (0, []) and "3 already complete" in result["stderr"], result
     assert [r["status"] for r in manifest(tmp_path / "out")] == ["cached"] * 3

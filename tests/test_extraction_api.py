@@ -5,7 +5,6 @@ In-process, tiny random models, tiny inputs. The command is run through ``main([
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from PIL import Image
 
 import dinov3_integration
+from _helpers import main_in_subprocess, make_video, manifest, write_images
 from dinov3_integration.cli.main import main
 from dinov3_integration.extraction import ExtractionError, ExtractionReport, FileSink, Stored, extract, run_job
 from dinov3_integration.features import encode_metadata, read_features, read_metadata
@@ -32,13 +32,8 @@ API: dict[str, Any] = dict(
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from test_cli_extract import make_video
-
     root = tmp_path_factory.mktemp("api_inputs")
-    rng = np.random.default_rng(0)
-    for rel, (h, w) in {"imgs/a.png": (40, 48), "imgs/b.png": (48, 40), "imgs/sub/c.png": (40, 48)}.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / rel)
+    write_images(root, [("imgs/a.png", 40, 48), ("imgs/b.png", 48, 40), ("imgs/sub/c.png", 40, 48)])
     make_video(root / "imgs/clip.mp4", n=6, h=32, w=48)
     (root / "imgs/broken.png").write_bytes(b"not a png")
     return root
@@ -93,8 +88,8 @@ def test_out_writes_what_the_command_writes(inputs: Path, command_out: Path, tmp
         assert set(a[rel][0]) == set(b[rel][0])
         assert all(torch.equal(a[rel][0][k], b[rel][0][k]) for k in a[rel][0]), rel
         assert a[rel][1] == b[rel][1], rel  # every metadata value, data_digest included (no timestamps)
-    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
-    assert lines == [json.loads(x) for x in (command_out / "manifest.jsonl").read_text().splitlines()]
+    lines = manifest(out)
+    assert lines == manifest(command_out)
     assert lines == report.records
     # Resumed like the command: everything complete is cached.
     again = extract(inputs / "imgs", out=out, **API)
@@ -104,9 +99,7 @@ def test_out_writes_what_the_command_writes(inputs: Path, command_out: Path, tmp
 def test_aggregate_clip_in_memory_equals_the_command(tmp_path: Path) -> None:
     scene = tmp_path / "scene"
     scene.mkdir()
-    rng = np.random.default_rng(3)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(scene / f"f{i}.png")
+    write_images(scene, [(f"f{i}.png", 32, 48) for i in range(2)], seed=3)
     agg = ["--aggregate", "--random-aggregator", "--aggregator-kwargs", "depth=2", "--layers", "0,1"]
     assert main(["extract", str(scene), "--out", str(tmp_path / "o"), *CLI[:-6], *agg]) == 0
     tensors, _ = read_features(tmp_path / "o/scene.safetensors")
@@ -188,29 +181,8 @@ def test_a_custom_sink_is_written_and_resumed_through_the_interface(inputs: Path
 
 
 # ------------------------------------------------------------------------------------ issue 15 item 2: the rerun
-RERUN = """
-import json, sys
-from dinov3_integration.cli.main import main
-rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "loaded": sorted(m for m in ("torch", "torchvision", "safetensors") if m in sys.modules)}))
-"""
-
-
-def _subprocess_main(args: list[str]) -> dict[str, Any]:
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("WORLD_SIZE", None)
-    proc = subprocess.run([sys.executable, "-c", RERUN, *args], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "stderr": proc.stderr}
-
-
 def _statuses(out: Path) -> list[str]:
-    return [json.loads(line)["status"] for line in (out / "manifest.jsonl").read_text().splitlines()]
+    return [r["status"] for r in manifest(out)]
 
 
 def test_15_2_complete_rerun_imports_no_torch_and_changes_are_redone(tmp_path: Path) -> None:
@@ -234,7 +206,7 @@ def test_15_2_complete_rerun_imports_no_torch_and_changes_are_redone(tmp_path: P
     assert main(base) == 0 and _statuses(out) == ["ok"] * 3
     manifest = (out / "manifest.jsonl").read_bytes()
 
-    rerun = _subprocess_main(base)  # a fresh process, as a user reruns the command
+    rerun = main_in_subprocess(base)  # a fresh process, as a user reruns the command
     assert rerun["rc"] == 0 and rerun["loaded"] == [], rerun  # no torch, torchvision, not even safetensors
     assert "3 inputs: 0 written, 3 already complete, 0 failed" in rerun["stderr"]
     assert (out / "manifest.jsonl").read_bytes() == manifest.replace(b'"ok"', b'"cached"')  # a cached run's records
@@ -252,7 +224,7 @@ def test_15_2_complete_rerun_imports_no_torch_and_changes_are_redone(tmp_path: P
     ckpt.write_bytes(bytes(raw))
     os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert main([*base, "--layers", "0"]) == 0 and _statuses(out) == ["ok"] * 3
-    again = _subprocess_main([*base, "--layers", "0"])
+    again = main_in_subprocess([*base, "--layers", "0"])
     assert again["loaded"] == [] and _statuses(out) == ["cached"] * 3
     # A damaged output behind an intact header is found without torch too, and redone.
     path = out / "in/2.png.safetensors"

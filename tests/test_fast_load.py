@@ -51,14 +51,6 @@ class RandomFills(TorchDispatchMode):
         return out
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_same_module(fast: torch.nn.Module, slow: torch.nn.Module) -> None:
     """Same state dict, same buffers (non-persistent too), same ``requires_grad``, nothing left on ``meta``."""
     sa, sb = fast.state_dict(), slow.state_dict()

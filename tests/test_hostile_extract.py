@@ -20,29 +20,20 @@ import pytest
 import torch
 from PIL import Image
 
+from _helpers import TESTS, cli_env, make_video, manifest, run_dinov3
 from dinov3_integration.cli.main import main
 from dinov3_integration.features import read_features
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 TINY_KW = "depth=2,embed_dim=32,num_heads=2"
 TINY = ["--random-weights", "--model-kwargs", TINY_KW, "--resolution", "32", "--num-workers", "0", "-q"]
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + str(Path(__file__).parent) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("WORLD_SIZE", None)
-    env.update(extra)
-    return env
+    return cli_env(TESTS, **extra)  # the tests folder on the path too
 
 
 def dinov3(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "dinov3_integration", *args]
-    return subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
-
-
-def manifest(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    return run_dinov3(*args, env=env or _env(), timeout=timeout)
 
 
 def save_rgb(path: Path, h: int = 40, w: int = 48, seed: int = 0) -> Path:
@@ -255,8 +246,6 @@ def test_14_12_unreadable_folder_and_partly_decodable_video_are_recorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("av")
-    from test_cli_extract import make_video
-
     root = tmp_path / "in"
     save_rgb(root / "ok.png")
     locked = root / "locked"

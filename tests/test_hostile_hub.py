@@ -23,12 +23,13 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
+from _helpers import fetch, files_under
 from _http_server import LocalHTTPServer, make_hf_cache
 from dinov3_integration.hub import huggingface as hf_mod
 from dinov3_integration.hub import lock as lock_mod
@@ -52,32 +53,6 @@ SIGNED = f"?Policy={SECRETS[0]}&Signature={SECRETS[1]}&Key-Pair-Id=K123"
 README_PLACEHOLDER = "https://.../x.pth?Policy=..."
 
 
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("DINOV3_CACHE", str(folder))
-    return folder
-
-
-@pytest.fixture
-def server() -> Iterator[LocalHTTPServer]:
-    with LocalHTTPServer() as srv:
-        yield srv
-
-
-def files_under(folder: Path) -> list[str]:
-    """Every file below ``folder`` (locks and partial files included), relative, sorted."""
-    if not folder.exists():
-        return []
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
-
-
-def fetch(url: str, **kwargs: object) -> Path:
-    kwargs.setdefault("progress", False)
-    kwargs.setdefault("backoff", 0.0)
-    return download_url(url, **kwargs)  # type: ignore[arg-type]
-
-
 def closed_port_url() -> str:
     with socket.socket() as sock:  # a free port, closed again: nothing listens there
         sock.bind(("127.0.0.1", 0))
@@ -91,7 +66,9 @@ def closed_port_url() -> str:
     "segment",
     ["%2F{abs}", "..%2F..%2Fescaped.pth", "..%5C..%5Cescaped.pth", "%2E%2E", "%2F{abs}%2F", "..%2F.hidden.pth"],
 )
-def test_cache_name_never_leaves_the_cache(server: LocalHTTPServer, cache: Path, tmp_path: Path, segment: str) -> None:
+def test_cache_name_never_leaves_the_cache(
+    server: LocalHTTPServer, weights_cache: Path, tmp_path: Path, segment: str
+) -> None:
     planted = tmp_path / "planted" / "planted.sh"
     raw = "/x/" + segment.format(abs=quote(str(planted), safe=""))
     url = server.add(raw, body=PAYLOAD) + SIGNED
@@ -101,14 +78,14 @@ def test_cache_name_never_leaves_the_cache(server: LocalHTTPServer, cache: Path,
         assert "dst=" in str(exc)
         path = None
     if path is not None:
-        assert path.resolve().is_relative_to(cache.resolve()) and path.read_bytes() == PAYLOAD
+        assert path.resolve().is_relative_to(weights_cache.resolve()) and path.read_bytes() == PAYLOAD
         assert "/" not in path.name and "\\" not in path.name and ".." not in path.name
     outside = [p for p in files_under(tmp_path) if not p.startswith("cache/")]
     assert outside == [], f"written outside the cache: {outside}"
 
 
 def test_existing_file_outside_the_cache_is_not_taken_as_cached(
-    server: LocalHTTPServer, cache: Path, tmp_path: Path
+    server: LocalHTTPServer, weights_cache: Path, tmp_path: Path
 ) -> None:
     victim = tmp_path / "victim.pth"
     victim.write_bytes(b"not from this server")
@@ -135,7 +112,7 @@ def test_long_names_are_capped_keeping_the_hash_prefix() -> None:
 # --------------------------------------------------------------------------------------------- 14.3 same name
 
 
-def test_same_file_name_under_two_urls_are_two_files(server: LocalHTTPServer, cache: Path) -> None:
+def test_same_file_name_under_two_urls_are_two_files(server: LocalHTTPServer, weights_cache: Path) -> None:
     v1, v2 = os.urandom(1000), os.urandom(1000)
     u1 = server.add("/v1/model.pth", body=v1)
     u2 = server.add("/v2/model.pth", body=v2)
@@ -146,10 +123,10 @@ def test_same_file_name_under_two_urls_are_two_files(server: LocalHTTPServer, ca
     assert fetch(u1 + "?Policy=new&Signature=other") == p1 and server.count("/v1/model.pth") == 1
 
 
-def test_hash_named_official_files_keep_their_name_at_the_top(server: LocalHTTPServer, cache: Path) -> None:
+def test_hash_named_official_files_keep_their_name_at_the_top(server: LocalHTTPServer, weights_cache: Path) -> None:
     name = f"dinov3_vits16_pretrain_lvd1689m-{SHA[:8]}.pth"
     path = fetch(server.add(f"/dinov3/{name}", body=PAYLOAD) + SIGNED)
-    assert path == cache / name  # where torch.hub puts it, so existing downloads are found
+    assert path == weights_cache / name  # where torch.hub puts it, so existing downloads are found
 
 
 # --------------------------------------------------------------------------------------------- 14.2 secrets
@@ -180,7 +157,7 @@ def _leaks(text: str) -> list[str]:
 
 
 def test_no_secret_in_any_log_record_error_or_traceback(
-    server: LocalHTTPServer, cache: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+    server: LocalHTTPServer, weights_cache: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server.add(f"/w/model-{SHA[:8]}.pth", body=PAYLOAD)
@@ -202,10 +179,10 @@ def test_no_secret_in_any_log_record_error_or_traceback(
         assert not _leaks(shown), f"secret in a log record: {shown}"
     out, err = capfd.readouterr()
     assert not _leaks(out + err)
-    assert not _leaks(" ".join(files_under(cache)))
+    assert not _leaks(" ".join(files_under(weights_cache)))
 
 
-def test_raw_space_is_not_retried(server: LocalHTTPServer, cache: Path) -> None:
+def test_raw_space_is_not_retried(server: LocalHTTPServer, weights_cache: Path) -> None:
     server.add("/w/model.pth", body=PAYLOAD)
     with pytest.raises(DownloadError, match="%20"):
         fetch(f"{server.base_url}/w/model.pth?Policy=a b", retries=3)
@@ -215,7 +192,7 @@ def test_raw_space_is_not_retried(server: LocalHTTPServer, cache: Path) -> None:
 # --------------------------------------------------------------------------------------------- 13.7 URL errors
 
 
-def test_readme_placeholder_through_resolve_weights_is_a_download_error(cache: Path) -> None:
+def test_readme_placeholder_through_resolve_weights_is_a_download_error(weights_cache: Path) -> None:
     from dinov3_integration.hub import resolve_weights
 
     with pytest.raises(DownloadError) as info:
@@ -240,13 +217,13 @@ def test_readme_placeholder_through_resolve_weights_is_a_download_error(cache: P
         "file://otherhost/x.pth",
     ],
 )
-def test_every_malformed_url_is_a_download_error(cache: Path, url: str) -> None:
+def test_every_malformed_url_is_a_download_error(weights_cache: Path, url: str) -> None:
     with pytest.raises(DownloadError):
         fetch(url, retries=0)
-    assert files_under(cache) == []
+    assert files_under(weights_cache) == []
 
 
-def test_unresolvable_host_fails_at_once(cache: Path) -> None:
+def test_unresolvable_host_fails_at_once(weights_cache: Path) -> None:
     start = time.monotonic()
     with pytest.raises(DownloadError, match="cannot be resolved"):
         fetch("http://no-such-host.invalid/x.pth", retries=3, backoff=1.0)
@@ -256,14 +233,14 @@ def test_unresolvable_host_fails_at_once(cache: Path) -> None:
 # --------------------------------------------------------------------------------------------- 14.14 leftovers
 
 
-def test_no_lock_or_part_left_after_downloads(server: LocalHTTPServer, cache: Path) -> None:
+def test_no_lock_or_part_left_after_downloads(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add(f"/w/model-{SHA[:8]}.pth", body=PAYLOAD)
     path = fetch(url)
-    assert files_under(cache) == [path.name]
+    assert files_under(weights_cache) == [path.name]
     server.add("/bad/model.pth", status=500)
     with pytest.raises(DownloadError):
         fetch(server.base_url + "/bad/model.pth", retries=0)
-    assert files_under(cache) == [path.name]
+    assert files_under(weights_cache) == [path.name]
 
 
 def _slow_download(url: str, cache: str) -> None:
@@ -274,12 +251,12 @@ def _slow_download(url: str, cache: str) -> None:
     download_url(url, progress=False, backoff=0.0)
 
 
-def test_killed_download_is_resumed(server: LocalHTTPServer, cache: Path) -> None:
+def test_killed_download_is_resumed(server: LocalHTTPServer, weights_cache: Path) -> None:
     payload = os.urandom(3 << 20)
     name = f"model-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
     url = server.add(f"/w/{name}", body=payload, support_range=True, chunk_size=64 << 10, chunk_delay=0.02)
     target = cache_path_for_url(url)
-    child = mp.get_context("spawn").Process(target=_slow_download, args=(url, str(cache)))
+    child = mp.get_context("spawn").Process(target=_slow_download, args=(url, str(weights_cache)))
     child.start()
     try:
         deadline = time.monotonic() + 60
@@ -295,7 +272,7 @@ def test_killed_download_is_resumed(server: LocalHTTPServer, cache: Path) -> Non
     path = fetch(url)
     assert path.read_bytes() == payload
     assert server.records(f"/w/{name}")[-1].headers.get("Range") == f"bytes={kept}-"
-    assert files_under(cache) == [name]  # the .part and the dead process's .lock are gone
+    assert files_under(weights_cache) == [name]  # the .part and the dead process's .lock are gone
 
 
 def _part_size(target: Path) -> int:
@@ -305,7 +282,7 @@ def _part_size(target: Path) -> int:
     return part.stat().st_size if part.exists() else 0
 
 
-def test_stale_part_without_hash_is_removed_not_spliced(server: LocalHTTPServer, cache: Path) -> None:
+def test_stale_part_without_hash_is_removed_not_spliced(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add("/w/model.pth", body=PAYLOAD, support_range=True)
     target = cache_path_for_url(url)
     target.parent.mkdir(parents=True)
@@ -313,29 +290,29 @@ def test_stale_part_without_hash_is_removed_not_spliced(server: LocalHTTPServer,
     part.write_bytes(b"x" * 1000)  # from an older version of the file: nothing can verify a splice
     assert fetch(url).read_bytes() == PAYLOAD
     assert "Range" not in server.records("/w/model.pth")[0].headers
-    assert files_under(cache) == [f"{target.parent.name}/model.pth"]
+    assert files_under(weights_cache) == [f"{target.parent.name}/model.pth"]
 
 
-def test_earlier_versions_partial_files_are_removed(server: LocalHTTPServer, cache: Path) -> None:
+def test_earlier_versions_partial_files_are_removed(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add(f"/w/model-{SHA[:8]}.pth", body=PAYLOAD)
-    cache.mkdir()
-    (cache / f".model-{SHA[:8]}.pth.0123abcd.part").write_bytes(b"old")
-    (cache / f".other-{SHA[:8]}.pth.0123abcd.part").write_bytes(b"not ours")
+    weights_cache.mkdir()
+    (weights_cache / f".model-{SHA[:8]}.pth.0123abcd.part").write_bytes(b"old")
+    (weights_cache / f".other-{SHA[:8]}.pth.0123abcd.part").write_bytes(b"not ours")
     fetch(url)
-    assert files_under(cache) == [f".other-{SHA[:8]}.pth.0123abcd.part", f"model-{SHA[:8]}.pth"]
+    assert files_under(weights_cache) == [f".other-{SHA[:8]}.pth.0123abcd.part", f"model-{SHA[:8]}.pth"]
 
 
-def test_truncated_download_without_hash_is_not_committed(server: LocalHTTPServer, cache: Path) -> None:
+def test_truncated_download_without_hash_is_not_committed(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add("/w/model.pth", body=PAYLOAD, drop_after=len(PAYLOAD) - 10)
     with pytest.raises(IncompleteDownloadError, match=f"of {len(PAYLOAD)} bytes"):
         fetch(url, retries=0)
-    assert files_under(cache) == []
+    assert files_under(weights_cache) == []
     with pytest.raises(IncompleteDownloadError):  # a rerun does not find a "cached" half file either
         fetch(url, retries=0)
     assert server.count("/w/model.pth") == 2
 
 
-def test_resumed_across_attempts_then_checked_complete(server: LocalHTTPServer, cache: Path) -> None:
+def test_resumed_across_attempts_then_checked_complete(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add("/w/model.pth", body=PAYLOAD, drop_after=100_000, support_range=True, chunk_size=50_000)
     assert fetch(url, retries=2).read_bytes() == PAYLOAD
     assert [r.headers.get("Range") for r in server.records("/w/model.pth")] == [None, "bytes=100000-", "bytes=200000-"]
@@ -349,12 +326,14 @@ def test_resumed_across_attempts_then_checked_complete(server: LocalHTTPServer, 
         (b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>", "binary/octet-stream"),
     ],
 )
-def test_html_page_is_not_cached_as_weights(server: LocalHTTPServer, cache: Path, body: bytes, ctype: str) -> None:
+def test_html_page_is_not_cached_as_weights(
+    server: LocalHTTPServer, weights_cache: Path, body: bytes, ctype: str
+) -> None:
     url = server.add("/w/model.pth", body=body, content_type=ctype)
     with pytest.raises(DownloadError, match="web page") as info:
         fetch(url + SIGNED)
     assert "Nothing was saved" in str(info.value)
-    assert files_under(cache) == []
+    assert files_under(weights_cache) == []
 
 
 # --------------------------------------------------------------------------------------------- 14.15 hung lock
@@ -362,7 +341,7 @@ def test_html_page_is_not_cached_as_weights(server: LocalHTTPServer, cache: Path
 
 def test_lock_held_by_a_hung_process_is_reported(
     server: LocalHTTPServer,
-    cache: Path,
+    weights_cache: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
@@ -385,14 +364,16 @@ def test_lock_held_by_a_hung_process_is_reported(
     assert len(waiting) == 1 and waiting[0].levelno == logging.WARNING
     assert str(lock_path(target)) in waiting[0].message and f"process {os.getpid()}" in waiting[0].message
     assert "waiting for the lock" in capfd.readouterr().err  # progress=True says it on stderr too
-    assert result == [target] and files_under(cache) == [target.name]
+    assert result == [target] and files_under(weights_cache) == [target.name]
 
 
 # --------------------------------------------------------------------------------------------- 13.8 permissions
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
-def test_files_get_plain_open_permissions(server: LocalHTTPServer, cache: Path, tmp_path: Path, umask: int) -> None:
+def test_files_get_plain_open_permissions(
+    server: LocalHTTPServer, weights_cache: Path, tmp_path: Path, umask: int
+) -> None:
     import torch
 
     from dinov3_integration.hub.checkpoint_io import save_state_dict_file
@@ -502,14 +483,14 @@ def test_unreachable_hub_from_a_fresh_process(tmp_path: Path) -> None:
     assert "Retrying" not in run.stderr and "thrown while requesting" not in run.stderr
 
 
-def test_url_errors_name_no_raw_exception(cache: Path) -> None:
+def test_url_errors_name_no_raw_exception(weights_cache: Path) -> None:
     for url in (README_PLACEHOLDER, closed_port_url() + "/x.pth"):
         with pytest.raises(WeightsError) as info:
             fetch(url, retries=0)
         assert info.value.__cause__ is None and info.value.__suppress_context__, repr(info.value.__context__)
 
 
-def test_errors_still_typed(server: LocalHTTPServer, cache: Path) -> None:
+def test_errors_still_typed(server: LocalHTTPServer, weights_cache: Path) -> None:
     server.add("/dinov3/dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth", status=403)
     with pytest.raises(LinkExpiredError):
         fetch(server.base_url + "/dinov3/dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth" + SIGNED)
@@ -520,7 +501,7 @@ def test_errors_still_typed(server: LocalHTTPServer, cache: Path) -> None:
         fetch(server.add(f"/w/m-{wrong}.pth", body=PAYLOAD))
 
 
-def test_no_network_is_not_retried(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_network_is_not_retried(weights_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
     import urllib.error
     import urllib.request
@@ -547,7 +528,7 @@ def test_deprecated_temp_helpers_still_work(tmp_path: Path) -> None:
 
 
 def test_create_model_from_a_signed_link_logs_no_secret(
-    server: LocalHTTPServer, cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    server: LocalHTTPServer, weights_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The user's call, end to end: create_model(weights=<signed link>) on a tiny model, every DEBUG record read."""
     import torch

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import fetch, files_under
 from _http_server import LocalHTTPServer, make_hf_cache
 from dinov3_integration.hub import cache as cache_mod
 from dinov3_integration.hub.cache import (
@@ -42,32 +43,6 @@ from dinov3_integration.hub.errors import (
 PAYLOAD = os.urandom(300_000)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 SIGNED_QUERY = "?Policy=eyJTdGF0ZW1lbnQiOiJ4In0_&Signature=abc~def&Key-Pair-Id=K123"
-
-
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("DINOV3_CACHE", str(folder))
-    return folder
-
-
-@pytest.fixture
-def server():
-    with LocalHTTPServer() as srv:
-        yield srv
-
-
-def leftovers(folder: Path) -> list[str]:
-    """Every file in ``folder`` and its sub-folders (lock files and partial files included), relative, sorted."""
-    if not folder.exists():
-        return []
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
-
-
-def fetch(url: str, **kwargs: object) -> Path:
-    kwargs.setdefault("progress", False)
-    kwargs.setdefault("backoff", 0.0)
-    return download_url(url, **kwargs)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------- names and folders
@@ -133,29 +108,29 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
         tmp.write_bytes(b"half")
         raise RuntimeError("boom")
     assert target.read_bytes() == b"old"
-    assert leftovers(tmp_path) == ["out.bin"]
+    assert files_under(tmp_path) == ["out.bin"]
 
 
 # --------------------------------------------------------------------------------------------- happy paths
 
 
-def test_download_into_cache_and_reuse(server: LocalHTTPServer, cache: Path) -> None:
+def test_download_into_cache_and_reuse(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add("/w/model.pth", body=PAYLOAD)
     path = fetch(url)
     # A name without a hash prefix is keyed on the URL: <hash of the URL without query>/model.pth.
-    assert path == cache_path_for_url(url) and path.parent.parent == cache and path.name == "model.pth"
+    assert path == cache_path_for_url(url) and path.parent.parent == weights_cache and path.name == "model.pth"
     assert path.read_bytes() == PAYLOAD
     assert fetch(url) == path
     assert server.count("/w/model.pth") == 1  # the second call made no request
-    assert leftovers(cache) == [f"{path.parent.name}/model.pth"]
+    assert files_under(weights_cache) == [f"{path.parent.name}/model.pth"]
 
 
-def test_signed_url_cached_under_clean_name(server: LocalHTTPServer, cache: Path) -> None:
+def test_signed_url_cached_under_clean_name(server: LocalHTTPServer, weights_cache: Path) -> None:
     name = f"dinov3_vits16_pretrain_lvd1689m-{SHA[:8]}.pth"
     url = server.add(f"/dinov3/{name}", body=PAYLOAD) + SIGNED_QUERY
     path = fetch(url)
     assert path.name == name
-    assert leftovers(cache) == [name]
+    assert files_under(weights_cache) == [name]
     assert server.records(f"/dinov3/{name}")[0].query  # the signature was sent to the server
 
 
@@ -167,7 +142,7 @@ def test_explicit_dst_file_and_folder(server: LocalHTTPServer, tmp_path: Path) -
     assert fetch(url, dst=folder) == folder / "model.pth"
 
 
-def test_full_sha256_accepted(server: LocalHTTPServer, cache: Path) -> None:
+def test_full_sha256_accepted(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add("/w/model.pth", body=PAYLOAD)
     assert fetch(url, expected_sha256=SHA.upper()).read_bytes() == PAYLOAD
 
@@ -175,27 +150,27 @@ def test_full_sha256_accepted(server: LocalHTTPServer, cache: Path) -> None:
 # --------------------------------------------------------------------------------------------- hash mismatches
 
 
-def test_filename_hash_prefix_mismatch(server: LocalHTTPServer, cache: Path) -> None:
+def test_filename_hash_prefix_mismatch(server: LocalHTTPServer, weights_cache: Path) -> None:
     wrong = "0" * 8 if not SHA.startswith("0" * 8) else "1" * 8
     url = server.add(f"/w/model-{wrong}.pth", body=PAYLOAD)
     with pytest.raises(HashMismatchError) as info:
         fetch(url)
     assert info.value.expected == wrong and info.value.actual == SHA
     assert wrong in str(info.value) and SHA in str(info.value) and "deleted" in str(info.value)
-    assert leftovers(cache) == []
+    assert files_under(weights_cache) == []
     # check_hash=False skips the file-name prefix.
     assert fetch(url, check_hash=False).read_bytes() == PAYLOAD
 
 
-def test_caller_sha256_mismatch(server: LocalHTTPServer, cache: Path) -> None:
+def test_caller_sha256_mismatch(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add("/w/model.pth", body=PAYLOAD)
     with pytest.raises(HashMismatchError, match="given by the caller") as info:
         fetch(url, expected_sha256="ab" * 32)
     assert "ab" * 32 in str(info.value) and SHA in str(info.value)
-    assert leftovers(cache) == []
+    assert files_under(weights_cache) == []
 
 
-def test_cached_file_checked_against_caller_sha256(server: LocalHTTPServer, cache: Path) -> None:
+def test_cached_file_checked_against_caller_sha256(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add("/w/model.pth", body=PAYLOAD)
     cached = cache_path_for_url(url)
     cached.parent.mkdir(parents=True)
@@ -209,7 +184,7 @@ def test_cached_file_checked_against_caller_sha256(server: LocalHTTPServer, cach
 # --------------------------------------------------------------------------------------------- flaky servers
 
 
-def test_dropped_connection_always_fails_cleanly(server: LocalHTTPServer, cache: Path) -> None:
+def test_dropped_connection_always_fails_cleanly(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add("/w/model.pth", body=PAYLOAD, drop_after=len(PAYLOAD) // 2)
     with pytest.raises(IncompleteDownloadError) as info:
         fetch(url, retries=2)
@@ -217,18 +192,18 @@ def test_dropped_connection_always_fails_cleanly(server: LocalHTTPServer, cache:
     assert err.expected == len(PAYLOAD) and 0 < err.received < len(PAYLOAD)
     assert f"{err.received} of {len(PAYLOAD)} bytes" in str(err)
     assert server.count("/w/model.pth") == 3
-    assert leftovers(cache) == []
+    assert files_under(weights_cache) == []
 
 
-def test_dropped_first_attempt_succeeds_on_retry(server: LocalHTTPServer, cache: Path) -> None:
+def test_dropped_first_attempt_succeeds_on_retry(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add("/w/model.pth", body=PAYLOAD, drop_after=len(PAYLOAD) // 2, drop_times=1)
     assert fetch(url, retries=2).read_bytes() == PAYLOAD
     records = server.records("/w/model.pth")
     assert len(records) == 2
-    assert leftovers(cache) == [cache_relpath(url)]
+    assert files_under(weights_cache) == [cache_relpath(url)]
 
 
-def test_resumes_with_range_request(server: LocalHTTPServer, cache: Path) -> None:
+def test_resumes_with_range_request(server: LocalHTTPServer, weights_cache: Path) -> None:
     half = len(PAYLOAD) // 2
     url = server.add("/w/model.pth", body=PAYLOAD, drop_after=half, drop_times=1, support_range=True, chunk_size=half)
     assert fetch(url, expected_sha256=SHA).read_bytes() == PAYLOAD
@@ -236,39 +211,39 @@ def test_resumes_with_range_request(server: LocalHTTPServer, cache: Path) -> Non
     assert len(records) == 2 and records[1].headers.get("Range") == f"bytes={half}-"
 
 
-def test_server_error_retried_then_ok(server: LocalHTTPServer, cache: Path) -> None:
+def test_server_error_retried_then_ok(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add("/w/model.pth", body=PAYLOAD, status=503, fail_times=2)
     assert fetch(url, retries=3).read_bytes() == PAYLOAD
     assert server.count("/w/model.pth") == 3
 
 
-def test_server_error_gives_up(server: LocalHTTPServer, cache: Path) -> None:
+def test_server_error_gives_up(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add("/w/model.pth", status=500)
     with pytest.raises(HTTPStatusError, match="HTTP 500") as info:
         fetch(url, retries=1)
     assert info.value.status == 500
     assert server.count("/w/model.pth") == 2
-    assert leftovers(cache) == []
+    assert files_under(weights_cache) == []
 
 
-def test_timeout_retried(server: LocalHTTPServer, cache: Path) -> None:
+def test_timeout_retried(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add("/w/model.pth", body=PAYLOAD, stall=1.0, stall_times=1)
     assert fetch(url, timeout=0.3, retries=1).read_bytes() == PAYLOAD
     assert server.count("/w/model.pth") == 2
 
 
-def test_connection_refused_is_a_download_error(tmp_path: Path, cache: Path) -> None:
+def test_connection_refused_is_a_download_error(tmp_path: Path, weights_cache: Path) -> None:
     with LocalHTTPServer() as srv:  # take a free port, then close the server so nothing listens there
         url = srv.base_url + "/w/model.pth"
     with pytest.raises(DownloadError, match="after 2 attempt"):
         fetch(url, retries=1)
-    assert leftovers(cache) == []
+    assert files_under(weights_cache) == []
 
 
 # --------------------------------------------------------------------------------------------- 4xx answers
 
 
-def test_403_on_signed_link_asks_for_fresh_link(server: LocalHTTPServer, cache: Path) -> None:
+def test_403_on_signed_link_asks_for_fresh_link(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.add("/dinov3/dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth", status=403) + SIGNED_QUERY
     with pytest.raises(LinkExpiredError) as info:
         fetch(url)
@@ -276,17 +251,17 @@ def test_403_on_signed_link_asks_for_fresh_link(server: LocalHTTPServer, cache: 
     assert "expired" in message and "fresh link" in message and DINOV3_DOWNLOAD_FORM in message
     assert "Signature" not in message  # the signature is not leaked into logs/tracebacks
     assert server.count("/dinov3/dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth") == 1
-    assert leftovers(cache) == []
+    assert files_under(weights_cache) == []
 
 
-def test_404_names_url_and_is_not_retried(server: LocalHTTPServer, cache: Path) -> None:
+def test_404_names_url_and_is_not_retried(server: LocalHTTPServer, weights_cache: Path) -> None:
     url = server.base_url + "/nope/model.pth"
     with pytest.raises(URLNotFoundError) as info:
         fetch(url, retries=3)
     assert url in str(info.value) and info.value.status == 404
     assert isinstance(info.value, WeightsNotFoundError)
     assert server.count("/nope/model.pth") == 1
-    assert leftovers(cache) == []
+    assert files_under(weights_cache) == []
 
 
 def test_unsupported_scheme() -> None:
@@ -297,11 +272,11 @@ def test_unsupported_scheme() -> None:
 # --------------------------------------------------------------------------------------------- file:// URLs
 
 
-def test_file_url_read_in_place_and_verified(tmp_path: Path, cache: Path) -> None:
+def test_file_url_read_in_place_and_verified(tmp_path: Path, weights_cache: Path) -> None:
     src = tmp_path / f"w-{SHA[:8]}.pth"
     src.write_bytes(PAYLOAD)
     assert download_url(src.as_uri()) == src
-    assert leftovers(cache) == []  # nothing copied into the cache
+    assert files_under(weights_cache) == []  # nothing copied into the cache
     bad = tmp_path / "w-00000000.pth"
     bad.write_bytes(PAYLOAD)
     with pytest.raises(HashMismatchError, match="left untouched"):
@@ -352,7 +327,7 @@ def test_two_processes_download_same_file(server: LocalHTTPServer, tmp_path: Pat
     assert outcomes == [("ok", SHA), ("ok", SHA)]
     assert dst.read_bytes() == PAYLOAD
     assert 1 <= server.count("/w/model.pth") <= 2
-    assert leftovers(dst.parent) == ["model.pth"]
+    assert files_under(dst.parent) == ["model.pth"]
 
 
 # --------------------------------------------------------------------------------------------- Hugging Face

@@ -31,21 +31,8 @@ TINY = {"depth": 1, "embed_dim": 64, "num_heads": 1}
 VITS_FILE = "dinov3_vits16_pretrain_lvd1689m-08c60483.pth"
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """Empty weights cache, no $DINOV3_WEIGHTS_DIR, an empty Hugging Face cache in offline mode."""
-    import huggingface_hub.constants as hf_constants
-
-    folders = {"cache": tmp_path / "cache", "hf": tmp_path / "hf", "dir": tmp_path / "weights_dir"}
-    for folder in folders.values():
-        folder.mkdir()
-    monkeypatch.setenv("DINOV3_CACHE", str(folders["cache"]))
-    monkeypatch.delenv("DINOV3_WEIGHTS_DIR", raising=False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(folders["hf"]))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(folders["hf"]))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    return folders
+# Every test: empty weights cache and Hugging Face cache (offline), no $DINOV3_WEIGHTS_DIR (conftest.py).
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def tiny_model(name: str = "dinov3_vits16", seed: int = 0, **kwargs: object) -> torch.nn.Module:

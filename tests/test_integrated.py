@@ -18,15 +18,6 @@ H, W = 32, 48  # a 2 x 3 patch grid
 N = (H // 16) * (W // 16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: several CPU threads only add contention on a shared 2-core machine (40x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**kwargs) -> DINOv3IntegratedModel:
     kwargs.setdefault("backbone_overrides", TINY_BB)
     kwargs.setdefault("img_size", 32)

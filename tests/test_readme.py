@@ -25,8 +25,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from _helpers import make_video, write_images
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -129,23 +130,12 @@ def test_readme_gflops_table_matches_dinov3_models():
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The inputs the README's commands name, in one folder."""
-    from PIL import Image
-
     from dinov3_integration.factory import create_model
 
     root = tmp_path_factory.mktemp("readme")
-    rng = np.random.default_rng(0)
-
-    def image(path: Path, h: int = 48, w: int = 64) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
-
-    for rel in ("photos/a.jpg", "photos/b.png", "photo.jpg", "data/x.jpg", "data/y.jpg", "data/z.jpg"):
-        image(root / rel)
+    names = ("photos/a.jpg", "photos/b.png", "photo.jpg", "data/x.jpg", "data/y.jpg", "data/z.jpg")
+    write_images(root, [(rel, 48, 64) for rel in names])
     pytest.importorskip("av")  # the extract command reads clip.mp4
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_cli_extract import make_video
-
     make_video(root / "clip.mp4", n=6, h=48, w=64)
     import torch
 

@@ -14,15 +14,6 @@ from dinov3_integration.vggt_compat import aggregator as aggregator_module
 from dinov3_integration.vggt_compat.layers import vision_transformer as dinov2_module
 from dinov3_integration.vggt_compat.outputs import LayerNotKeptError, LayerOutputs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 VGGT_HEAD_LAYERS = [4, 11, 17, 23]
 
 
