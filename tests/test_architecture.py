@@ -163,12 +163,15 @@ for m in (top, data):
 out["discover"] = data.discover_inputs.__module__
 out["cached"] = "discover_inputs" in vars(data)
 out["torch_after_inputs"] = "torch" in sys.modules
+import dinov3_integration.hub as hub
+hub.get_cache_dir
+out["torch_after_hub"] = "torch" in sys.modules
 print(json.dumps(out))
 """
 
 
 def test_lazy_exports_keep_package_imports_light():
-    # `import dinov3_integration` / `.data` import no torch; names resolve on first use (and are cached); dir()
+    # `import dinov3_integration` / `.data` / `.hub` import no torch; names resolve on first use (and are cached); dir()
     # lists every export; an unknown name is an AttributeError naming module and attribute (utils.lazy).
     import json
     import os
@@ -188,4 +191,5 @@ def test_lazy_exports_keep_package_imports_light():
         "discover": "dinov3_integration.data.inputs",
         "cached": True,
         "torch_after_inputs": False,
+        "torch_after_hub": False,  # the hub package and its cache names: no torch either
     }

@@ -17,9 +17,10 @@ Submodules are imported on first use, so ``import dinov3_integration.hub`` stays
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 _EXPORTS = {
     "errors": [
