@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,10 +85,35 @@ def test_shards_equal_per_file_outputs(
     assert main(["extract", str(dataset), "--out", str(out), *COMMON, *SHARDS]) == 1
     assert sorted({r["status"] for r in manifest(out)}) == ["cached", "failed"]
     assert json.loads((out / "index.json").read_text()) == index
-    # `pca --from-features` reads per-file outputs: a shard is refused with a reason, not misread.
-    shard = str(out / index["shards"][0]["file"])
-    assert main(["pca", "--from-features", shard, "--out", str(tmp_path / "p.png")]) != 0
-    assert "it is a shard" in capsys.readouterr().err
+    assert_pca_equals_files(out, per_file, tmp_path, capsys)
+
+
+def _picture(tmp_path: Path, *paths: Path | str) -> np.ndarray:
+    """The pixels of ``dinov3 pca --from-features PATHS`` (which must succeed)."""
+    from PIL import Image
+
+    out = tmp_path / f"pca{len(list(tmp_path.glob('pca*.png')))}.png"
+    assert main(["pca", "--from-features", *map(str, paths), "--out", str(out), "-q"]) == 0
+    with Image.open(out) as im:
+        return np.asarray(im)
+
+
+def assert_pca_equals_files(out: Path, files_out: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``pca --from-features`` of the shard folder, its index.json and one shard: the picture of the per-file
+    outputs of the same inputs in the same (sorted) order, pixel for pixel; a folder of files is a clear error."""
+    outputs = {r["input"]: files_out / r["output"] for r in manifest(files_out) if r["output"]}
+    inputs = read_features(out).inputs
+    assert any(i.endswith(".mp4") for i in inputs) and len(inputs) == 6  # the video: one row per frame
+    want = _picture(tmp_path, *(outputs[i] for i in inputs))
+    np.testing.assert_array_equal(_picture(tmp_path, out), want)
+    np.testing.assert_array_equal(_picture(tmp_path, out / "index.json"), want)
+    index = json.loads((out / "index.json").read_text())
+    shard = max(index["shards"], key=lambda s: s["rows"])["file"]  # one shard: its inputs only
+    held = [r["input"] for r in index["rows"] if r["shard"] == shard]
+    np.testing.assert_array_equal(_picture(tmp_path, out / shard), _picture(tmp_path, *(outputs[i] for i in held)))
+    capsys.readouterr()
+    assert main(["pca", "--from-features", str(files_out), "--out", str(tmp_path / "no.png")]) == 2
+    assert "is a folder but not a shard folder" in capsys.readouterr().err and not (tmp_path / "no.png").exists()
 
 
 def test_killed_shard_runs_resume_without_loss_or_duplicates(dataset: Path, per_file: Path, tmp_path: Path) -> None:
@@ -165,3 +191,29 @@ def test_complete_shard_rerun_imports_no_torch(tmp_path: Path) -> None:
     result = main_in_subprocess(args)
     assert (result["rc"], result["loaded"]) == (0, []) and "3 already complete" in result["stderr"], result
     assert [r["status"] for r in manifest(tmp_path / "out")] == ["cached"] * 3
+
+
+def test_pca_from_shards_imports_no_torch(tmp_path: Path) -> None:
+    """``pca --from-features <shard folder>`` of images, in a fresh interpreter: no torch (as for feature files),
+    and the picture of the per-file outputs of the same images."""
+    from PIL import Image
+
+    from dinov3_integration.pca.panels import can_resize_like_torch
+
+    write_images(tmp_path / "in", [(f"{i}.png", 40, 48) for i in range(3)], seed=4)
+    args = ["extract", str(tmp_path / "in"), *TINY, "--num-workers", "0", "-q"]
+    assert main([*args, "--out", str(tmp_path / "files")]) == 0
+    assert main([*args, "--out", str(tmp_path / "shards"), *SHARDS]) == 0
+    files = [
+        str(tmp_path / "files" / r["output"]) for r in sorted(manifest(tmp_path / "files"), key=lambda r: r["input"])
+    ]
+    pictures = []
+    for name, paths in (("shards", [str(tmp_path / "shards")]), ("files", files)):
+        result = main_in_subprocess(["pca", "--from-features", *paths, "--out", str(tmp_path / f"{name}.png"), "-q"])
+        assert result["rc"] == 0, result
+        if can_resize_like_torch("bilinear"):  # else the input panels are resized by torch
+            assert not {"torch", "torchvision"} & set(result["loaded"]), result
+        with Image.open(tmp_path / f"{name}.png") as im:
+            pictures.append(np.asarray(im))
+    assert pictures[0].shape[0] > 3 * 32
+    np.testing.assert_array_equal(pictures[0], pictures[1])

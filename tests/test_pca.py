@@ -279,6 +279,44 @@ def test_feature_file_reader_without_torch_equals_read_features(tmp_path, dtype:
     np.testing.assert_array_equal(fh.get("frame_indices"), want["frame_indices"].numpy())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_shard_reader_without_torch_equals_feature_shards(tmp_path, dtype: str) -> None:
+    """``pca.files.open_features`` on a shard folder, its index and one shard: each input's tensors (numpy, its
+    rows only) equal ``FeatureShards``' (torch), bfloat16 widened exactly; a per-file output is itself."""
+    from dinov3_integration.feature_shard_index import write_index
+    from dinov3_integration.feature_shards import ShardWriter
+    from dinov3_integration.features import FeatureShards, write_features
+    from dinov3_integration.pca.files import FeatureFile, ShardInput, open_features
+
+    g = torch.Generator().manual_seed(3)
+    cast = getattr(torch, dtype)
+    inputs = {  # a video between two images: every tensor of the second and third input starts at an offset
+        "b.png": {"patch.3": torch.randn(3, 4, 8, generator=g).to(cast), "cls.3": torch.randn(8, generator=g)},
+        "a.mp4": {"patch.3": torch.randn(2, 4, 5, 8, generator=g).to(cast), "frame_indices": torch.tensor([0, 7])},
+        "c.png": {"patch.3": torch.randn(2, 2, 8, generator=g).to(cast), "cls.3": torch.randn(8, generator=g)},
+    }
+    with ShardWriter(tmp_path / "shards", max_bytes="1MB", fsync=False) as writer:
+        for name, tensors in inputs.items():
+            writer.add(name, tensors, {"kind": "video" if name.endswith("mp4") else "image", "source": name})
+    write_index(tmp_path / "shards")
+    want = FeatureShards(tmp_path / "shards")
+    shard = tmp_path / "shards" / want.row("a.mp4")["shard"]
+    for path in (tmp_path / "shards", tmp_path / "shards" / "index.json", shard):
+        got = open_features(path)
+        assert [name for name, _ in got] == [f"{tmp_path / 'shards'}[{i}]" for i in ("a.mp4", "b.png", "c.png")]
+        for (_, fh), input in zip(got, want):
+            assert isinstance(fh, ShardInput) and fh.keys == sorted(inputs[input])
+            assert fh.metadata == want.metadata(input) and fh.metadata["source"] == input
+            for key, tensor in want.tensors(input).items():
+                array = fh.get(key)
+                assert array.shape == tuple(inputs[input][key].shape), (input, key)
+                np.testing.assert_array_equal(array, tensor.float().numpy() if tensor.is_floating_point() else tensor)
+                assert array.dtype == (np.float32 if dtype == "bfloat16" and key == "patch.3" else tensor.numpy().dtype)
+    write_features(tmp_path / "f.safetensors", inputs["b.png"], {"kind": "image"})
+    ((name, fh),) = open_features(tmp_path / "f.safetensors")
+    assert name == str(tmp_path / "f.safetensors") and isinstance(fh, FeatureFile)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # `dinov3 pca --from-features`: no model, no torch, and the picture of the model path.
 TINY = ["--random-weights", "--model-kwargs", "depth=2,embed_dim=96,num_heads=4"]

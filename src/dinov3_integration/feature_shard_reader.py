@@ -32,7 +32,7 @@ class FeatureShards:
     ``len(shards)``, ``input in shards``, iteration over the inputs (sorted); ``shards[input]`` (an input path or
     its output key, e.g. ``"sub/a.jpg"``) -> ``(tensors, metadata)`` like ``read_features(file)``;
     :meth:`tensors`, :meth:`metadata`, :meth:`stack` (one tensor name over every input: ``[N, D]`` for the CLS
-    tokens of N images) and :meth:`verify`.
+    tokens of N images), :meth:`header` and :meth:`verify`.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -82,7 +82,8 @@ class FeatureShards:
             raise KeyError(f"{name!r} is not an input of {self.folder} ({len(self)} inputs)")
         return self._rows[input]
 
-    def _header(self, file: str) -> ShardInfo:
+    def header(self, file: str) -> ShardInfo:
+        """The header of shard ``file`` (a name in :attr:`folder`), read once: its rows, tensor entries, offsets."""
         if file not in self._headers:
             self._headers[file] = read_shard(self.folder / file)
         return self._headers[file]
@@ -103,7 +104,7 @@ class FeatureShards:
     def metadata(self, name: str) -> dict[str, Any]:
         """One input's metadata, decoded like a feature file's, plus ``format`` (the shard's), ``shard``, ``row``."""
         rec = self.row(name)
-        info = self._header(rec["shard"])
+        info = self.header(rec["shard"])
         row = info.rows[rec["row"]]
         if row["input"] != rec["input"]:
             raise ShardFormatError(f"{self.folder / INDEX_NAME} does not match {rec['shard']}; rebuild the index")
@@ -152,4 +153,4 @@ class FeatureShards:
             ShardFormatError: naming the damaged shard.
         """
         for shard in self.index["shards"]:
-            self._header(shard["file"]).verify()
+            self.header(shard["file"]).verify()

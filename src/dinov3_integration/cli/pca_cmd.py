@@ -3,9 +3,9 @@
 Each row shows the input (resized to the model input size H x W) and, beside it, the 3-component PCA of the chosen
 block's normed patch features as colours, upsampled to H x W. Every row is scaled to the width of the widest one
 and has the input's name above it; a picture made with random weights carries a red banner saying so.
---from-features draws files written by `dinov3 extract` instead of running a model (a video's frames are decoded
-again to be shown beside their colours). An input that cannot be read is skipped and reported: the picture shows
-the others and the exit status is 1.
+--from-features draws the outputs of `dinov3 extract` instead of running a model: feature files, or a shard folder
+of `--format shards` (every input in it); a video's frames are decoded again to be shown beside their colours. An
+input that cannot be read is skipped and reported: the picture shows the others and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ EPILOG = """examples:
   dinov3 pca photo.jpg --out photo_pca.png --weights lvd1689m
   dinov3 pca a.jpg b.jpg c.jpg --out grid.png --weights lvd1689m --joint
   dinov3 pca --from-features feats/a.jpg.safetensors --out a_pca.png
+  dinov3 pca --from-features shards/ --out shards_pca.png     # every input of an `extract --format shards` folder
 """
 
 
@@ -61,7 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         nargs="+",
         metavar="FILE",
         default=None,
-        help="safetensors files written by `dinov3 extract` (no model is run)",
+        help="outputs of `dinov3 extract` (no model is run): .safetensors files, or a shard folder of "
+        "`--format shards` (or its index.json, or one shard): every input in it, sorted",
     )
     add_model_args(p, resolution="768")
     p.add_argument(
@@ -229,46 +231,61 @@ def _load_panel(path: str, size: tuple[int, int], interp: str) -> Any:
 
 
 def _rows_from_features(
-    files: list[str], layer_arg: int | None, failures: list[tuple[str, str]]
+    paths: list[str], layer_arg: int | None, failures: list[tuple[str, str]]
 ) -> tuple[list[Row], bool]:
     """Read ``dinov3 extract`` outputs: one row per image, or per frame of a video / clip.
 
-    No model and no torch: the file is read by :class:`dinov3_integration.pca.files.FeatureFile` (numpy; only the
-    drawn block), the features stay numpy arrays; torch comes in only to show a source image or video beside them.
+    A path is a per-file output, or a shard folder (``extract --format shards``), its ``index.json`` or one shard:
+    every input it holds, in :class:`~dinov3_integration.feature_shard_reader.FeatureShards` order, drawn as its
+    per-file output would be. No model and no torch: :func:`dinov3_integration.pca.files.open_features` reads
+    them (numpy; only the drawn block), the features stay numpy arrays; torch comes in only to show a source
+    image or video beside them.
     """
-    from ..feature_shards import SHARD_FORMAT
-    from ..pca.files import FeatureFile
+    from ..feature_shards import is_shard_folder
+    from ..pca.files import open_features
 
     rows: list[Row] = []
     random_weights = False
-    for file in files:
-        if not os.path.isfile(file):
-            raise CLIError(f"--from-features {file!r} does not exist")
-        try:
-            fh = FeatureFile(file)
-            if fh.metadata.get("format") == SHARD_FORMAT:
-                raise ValueError("it is a shard of `extract --format shards`; --from-features reads per-file outputs")
-        except Exception as exc:
-            failures.append((file, f"not a readable feature file ({exc})"))
-            log.error("skipped %s: not a readable feature file (%s)", file, exc)
-            continue
-        meta = fh.metadata
-        layers = sorted(int(k.split(".", 1)[1]) for k in fh.keys if k.startswith("patch."))
-        if not layers:
+    for path in paths:
+        if not os.path.exists(path):
+            raise CLIError(f"--from-features {path!r} does not exist")
+        if os.path.isdir(path) and not is_shard_folder(path):
             raise CLIError(
-                f"--from-features {file}: no patch features in it (keys {fh.keys[:6]}); extract with --save patch"
+                f"--from-features {path!r} is a folder but not a shard folder of `extract --format shards` (no "
+                "index.json, no shard-r*.safetensors); pass the .safetensors files of a per-file output"
             )
-        layer = _choose_layer(file, layers, layer_arg, _file_depth(meta))
-        random_weights |= str(meta.get("weights", "")).startswith("random")
-        patch = fh.get(f"patch.{layer}").astype("float32", copy=False)
-        p = int(meta.get("patch_size", 16))
-        frames = patch[None] if patch.ndim == 3 else patch  # [T, h, w, D]
-        h, w = frames.shape[1:3]
-        size = (h * p, w * p)
-        indices = fh.get("frame_indices") if "frame_indices" in fh.keys else None
-        images, captions = _frame_images(file, meta, indices, frames.shape[0], size)
-        rows += [Row(images[t], frames[t], size, captions[t]) for t in range(frames.shape[0])]
+        try:
+            inputs = open_features(path)
+        except Exception as exc:
+            failures.append((path, f"not a readable feature file ({exc})"))
+            log.error("skipped %s: not a readable feature file (%s)", path, exc)
+            continue
+        if not inputs:
+            failures.append((path, "the shard folder holds no inputs"))
+            log.error("skipped %s: the shard folder holds no inputs", path)
+        for name, fh in inputs:
+            random_weights |= str(fh.metadata.get("weights", "")).startswith("random")
+            rows += _input_rows(name, fh, layer_arg)
     return rows, random_weights
+
+
+def _input_rows(file: str, fh: Any, layer_arg: int | None) -> list[Row]:
+    """The rows of one input (``fh``: a ``pca.files`` reader; ``file``: its name in messages and captions)."""
+    meta = fh.metadata
+    layers = sorted(int(k.split(".", 1)[1]) for k in fh.keys if k.startswith("patch."))
+    if not layers:
+        raise CLIError(
+            f"--from-features {file}: no patch features in it (keys {fh.keys[:6]}); extract with --save patch"
+        )
+    layer = _choose_layer(file, layers, layer_arg, _file_depth(meta))
+    patch = fh.get(f"patch.{layer}").astype("float32", copy=False)
+    p = int(meta.get("patch_size", 16))
+    frames = patch[None] if patch.ndim == 3 else patch  # [T, h, w, D]
+    h, w = frames.shape[1:3]
+    size = (h * p, w * p)
+    indices = fh.get("frame_indices") if "frame_indices" in fh.keys else None
+    images, captions = _frame_images(file, meta, indices, frames.shape[0], size)
+    return [Row(images[t], frames[t], size, captions[t]) for t in range(frames.shape[0])]
 
 
 def _one_blas_thread() -> None:

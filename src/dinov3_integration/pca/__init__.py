@@ -14,8 +14,9 @@ Recipe (as in the notebook), with one substitution:
 numpy and Pillow; no scikit-learn, and no torch unless the caller passes torch tensors (results then come back as
 tensors) or asks for bilinear upsampling. :mod:`.solver` says how the components are solved for and the sign rule
 (scikit-learn's: the largest loading of each component is positive) that makes pictures reproducible;
-:mod:`.pictures` draws them and :mod:`.png` writes the files; :mod:`.files` reads ``dinov3 extract`` outputs without torch, and :mod:`.panels`
-decodes and resizes their source images as torch would, bit for bit.
+:mod:`.pictures` draws them and :mod:`.png` writes the files; :mod:`.files` reads ``dinov3 extract`` outputs (feature
+files and shard folders) without torch, and :mod:`.panels` decodes and resizes their source images as torch would,
+bit for bit.
 """
 
 from __future__ import annotations
