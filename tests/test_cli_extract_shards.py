@@ -8,6 +8,7 @@ computes both; only the layout differs). Tiny random models and inputs, as in ``
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,19 @@ def assert_pca_equals_files(out: Path, files_out: Path, tmp_path: Path, capsys: 
     capsys.readouterr()
     assert main(["pca", "--from-features", str(files_out), "--out", str(tmp_path / "no.png")]) == 2
     assert "is a folder but not a shard folder" in capsys.readouterr().err and not (tmp_path / "no.png").exists()
+    # A shard whose header cannot be read (and no index.json to trust): its inputs are left out, loudly (exit 1).
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    (damaged / "index.json").unlink()
+    (damaged / shard).write_bytes(b"\xff" * 64)
+    kept = [r["input"] for r in index["rows"] if r["shard"] != shard]
+    from PIL import Image
+
+    assert main(["pca", "--from-features", str(damaged), "--out", str(tmp_path / "d.png"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert f"{damaged / shard}: a damaged shard, its inputs are not drawn" in err
+    with Image.open(tmp_path / "d.png") as im:
+        np.testing.assert_array_equal(np.asarray(im), _picture(tmp_path, *(outputs[i] for i in kept)))
 
 
 def test_killed_shard_runs_resume_without_loss_or_duplicates(dataset: Path, per_file: Path, tmp_path: Path) -> None:

@@ -254,12 +254,16 @@ def _rows_from_features(
                 f"--from-features {path!r} is a folder but not a shard folder of `extract --format shards` (no "
                 "index.json, no shard-r*.safetensors); pass the .safetensors files of a per-file output"
             )
+        excluded: dict[str, str] = {}
         try:
-            inputs = open_features(path)
+            inputs = open_features(path, excluded)
         except Exception as exc:
             failures.append((path, f"not a readable feature file ({exc})"))
             log.error("skipped %s: not a readable feature file (%s)", path, exc)
             continue
+        for shard, error in excluded.items():  # its inputs are not drawn: say so, as for an unreadable file
+            failures.append((shard, f"a damaged shard, its inputs are not drawn ({error})"))
+            log.error("skipped %s: a damaged shard, its inputs are not drawn (%s)", shard, error)
         if not inputs:
             failures.append((path, "the shard folder holds no inputs"))
             log.error("skipped %s: the shard folder holds no inputs", path)

@@ -74,9 +74,12 @@ class ShardInput:
             return fh.get_slice(key)[begin : begin + length].reshape(slot["shape"])
 
 
-def open_features(path: str | os.PathLike[str]) -> list[tuple[str, FeatureFile | ShardInput]]:
+def open_features(
+    path: str | os.PathLike[str], excluded: dict[str, str] | None = None
+) -> list[tuple[str, FeatureFile | ShardInput]]:
     """``(name, reader)`` of every input an output holds: a per-file ``.safetensors`` -> itself; a shard folder,
     its ``index.json`` or one shard -> each input (``folder[input]``), sorted as :class:`FeatureShards` iterates.
+    The shards the folder's index leaves out (an unreadable header) are added to ``excluded`` (shard path -> why).
 
     Raises:
         FeatureFileError: (or OSError) the file, the index or a shard header is unreadable.
@@ -87,6 +90,8 @@ def open_features(path: str | os.PathLike[str]) -> list[tuple[str, FeatureFile |
         if fh.metadata.get("format") != SHARD_FORMAT:
             return [(p, fh)]
     shards = FeatureShards(p)
+    if excluded is not None:
+        excluded.update({os.fspath(shards.folder / e["file"]): e["error"] for e in shards.index.get("excluded", [])})
     return [(f"{shards.folder}[{name}]", ShardInput(shards, name)) for name in shards]
 
 
