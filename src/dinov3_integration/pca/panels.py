@@ -78,10 +78,8 @@ def _resample(image: np.ndarray, axis: int, n_out: int, interpolation: str) -> n
     height, width, channels = image.shape
     n_in = image.shape[axis]
     starts, k, precision = _weights(n_in, n_out, interpolation)
-    if axis == 0:
-        src, shape, bcast = image.reshape(height, width * channels), (n_out, width * channels), (-1, 1)
-    else:
-        src, shape, bcast = image.reshape(height, width * channels), (height, n_out * channels), (1, -1)
+    src = image.reshape(height, width * channels)
+    shape, bcast = ((n_out, width * channels), (-1, 1)) if axis == 0 else ((height, n_out * channels), (1, -1))
     acc = np.full(shape, 1 << (precision - 1), dtype=np.int32)
     term = np.empty(shape, dtype=np.int32)
     for j in np.flatnonzero(k.any(0)):  # taps past every window are all zero
